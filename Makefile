@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# dm-qcow2: out-of-tree build, install and test.
+#
+#   make                    build dm-qcow2.ko for the running kernel
+#   make KVER=<version>     ... for another installed kernel (or KDIR=<build dir>)
+#   make install            install into /lib/modules/<kver>/updates and run depmod
+#   make check              build for both test kernels with W=1 and sparse, run the
+#                           userspace tests and the whole selftest suite in VMs
+#   make demo               the README's demo, in a test VM
+#   make clean
+
+SRCDIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+
+KVER ?= $(shell uname -r)
+KDIR ?= /lib/modules/$(KVER)/build
+BUILD := $(SRCDIR)/build/$(KVER)
+
+# Kernels `make check` builds for and boots: the newest installed 6.1 and 6.12.
+CHECK_KVERS ?= $(shell $(SRCDIR)/tools/testing/kvers.sh)
+
+MODULE_SRCS := Kbuild $(shell cd $(SRCDIR) && find drivers include -name '*.[ch]' -not -path '*/probes/*')
+
+.PHONY: all modules deps install clean check check-build check-unit check-vm demo help
+
+all: modules
+
+help:
+	@sed -n '3,12p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
+
+deps:
+	@$(SRCDIR)/tools/setup-deps.sh
+
+modules: deps
+	@test -d $(KDIR) || { echo "No kernel build tree at $(KDIR): install linux-headers-$(KVER) or pass KVER=/KDIR=" >&2; exit 1; }
+	@$(SRCDIR)/scripts/shadow-tree.sh $(SRCDIR) $(BUILD) $(KDIR)
+	$(MAKE) -C $(KDIR) M=$(BUILD) modules
+
+install: modules
+	$(MAKE) -C $(KDIR) M=$(BUILD) INSTALL_MOD_DIR=updates modules_install
+	depmod -a $(KVER)
+
+# Static checks: W=1 and sparse for every check kernel; any warning fails.
+check-build: deps
+	@$(SRCDIR)/tools/testing/check-build.sh $(CHECK_KVERS)
+
+check-unit: deps
+	@$(MAKE) -s -C $(SRCDIR)/tools/testing/format-test test
+
+check-vm: deps
+	@$(SRCDIR)/tools/testing/check-vm.sh $(CHECK_KVERS)
+
+check: deps
+	@$(SRCDIR)/tools/testing/check.sh $(CHECK_KVERS)
+
+demo: deps
+	@$(SRCDIR)/tools/testing/demo.sh
+
+clean:
+	rm -rf $(SRCDIR)/build
+	-@$(MAKE) -s -C $(SRCDIR)/tools/testing/format-test clean 2>/dev/null

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-qcow2 metadata cache.
+ *
+ * L2 tables are cached in slices of min(cluster size, PAGE_SIZE) bytes, so a
+ * lookup costs one page of I/O whatever the cluster size, and the cache holds
+ * the working set at slice granularity rather than whole (up to 2 MiB) tables.
+ * The cache is shared by all layers of a target and bounded by the table's
+ * cache_size: pages are allocated on demand up to that many slots, then the
+ * least recently used unpinned slice is recycled.  A slice is pinned while a
+ * lookup reads it.
+ *
+ * The lookup path takes one spinlock; a miss is filled synchronously by the
+ * caller (a worker), others asking for the same slice wait for it.
+ */
+#include <linux/hash.h>
+#include <linux/hashtable.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "dm-qcow2.h"
+
+enum {
+	QCOW2_SLICE_LOADING,	/* read in progress */
+	QCOW2_SLICE_ERROR,	/* read failed: unhashed, freed on last put */
+};
+
+struct qcow2_slice {
+	struct hlist_node hash;
+	struct list_head lru;	/* on cache->lru when unpinned */
+	struct qcow2_layer *layer;
+	u64 offset;		/* byte offset of the slice on the layer's device */
+	unsigned int pins;
+	unsigned long flags;
+	struct page *page;
+};
+
+struct qcow2_cache {
+	struct qcow2_target *qt;
+	spinlock_t lock;
+	wait_queue_head_t wait;
+	struct list_head lru;	/* unpinned slices, most recently used first */
+	struct hlist_head *buckets;
+	unsigned int hash_bits;
+	unsigned int slots;	/* bound */
+	unsigned int used;	/* slices allocated */
+	u64 hits;
+	u64 misses;
+	u64 reads;
+};
+
+static struct hlist_head *qcow2_bucket(struct qcow2_cache *c,
+				       struct qcow2_layer *layer, u64 offset)
+{
+	u64 key = offset ^ ((u64)layer->idx << 48);
+
+	return &c->buckets[hash_64(key, c->hash_bits)];
+}
+
+static struct qcow2_slice *qcow2_lookup(struct qcow2_cache *c,
+					struct qcow2_layer *layer, u64 offset)
+{
+	struct qcow2_slice *s;
+
+	hlist_for_each_entry(s, qcow2_bucket(c, layer, offset), hash)
+		if (s->layer == layer && s->offset == offset)
+			return s;
+	return NULL;
+}
+
+struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes)
+{
+	struct qcow2_cache *c;
+	u64 slots = bytes >> PAGE_SHIFT;
+	unsigned int i;
+
+	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	if (!c)
+		return NULL;
+	c->qt = qt;
+	c->slots = min_t(u64, slots, INT_MAX);
+	c->hash_bits = clamp_t(unsigned int, ilog2(c->slots), 4, 20);
+	c->buckets = kvcalloc(1U << c->hash_bits, sizeof(*c->buckets), GFP_KERNEL);
+	if (!c->buckets) {
+		kfree(c);
+		return NULL;
+	}
+	for (i = 0; i < (1U << c->hash_bits); i++)
+		INIT_HLIST_HEAD(&c->buckets[i]);
+	spin_lock_init(&c->lock);
+	init_waitqueue_head(&c->wait);
+	INIT_LIST_HEAD(&c->lru);
+	return c;
+}
+
+static void qcow2_slice_free(struct qcow2_slice *s)
+{
+	__free_page(s->page);
+	kfree(s);
+}
+
+void qcow2_cache_destroy(struct qcow2_cache *c)
+{
+	struct qcow2_slice *s, *tmp;
+
+	if (!c)
+		return;
+	/* No I/O is in flight at destruction: every slice is unpinned. */
+	list_for_each_entry_safe(s, tmp, &c->lru, lru)
+		qcow2_slice_free(s);
+	kvfree(c->buckets);
+	kfree(c);
+}
+
+const void *qcow2_slice_data(const struct qcow2_slice *s)
+{
+	return page_address(s->page);
+}
+
+void qcow2_cache_get_stats(struct qcow2_cache *c, struct qcow2_cache_stats *st)
+{
+	spin_lock(&c->lock);
+	st->hits = c->hits;
+	st->misses = c->misses;
+	st->reads = c->reads;
+	st->used = c->used;
+	st->slots = c->slots;
+	spin_unlock(&c->lock);
+}
+
+/*
+ * Find a slice to fill: a new one while under the bound, else the least
+ * recently used unpinned one.  Called with the lock held; may drop it to
+ * allocate.  Returns NULL when every slice is pinned (caller waits).
+ */
+static struct qcow2_slice *qcow2_slice_take(struct qcow2_cache *c)
+	__must_hold(&c->lock)
+{
+	struct qcow2_slice *s;
+
+	if (c->used < c->slots) {
+		c->used++;
+		spin_unlock(&c->lock);
+		s = kzalloc(sizeof(*s), GFP_NOIO);
+		if (s) {
+			s->page = alloc_page(GFP_NOIO);
+			if (!s->page) {
+				kfree(s);
+				s = NULL;
+			}
+		}
+		spin_lock(&c->lock);
+		if (s) {
+			INIT_LIST_HEAD(&s->lru);
+			return s;
+		}
+		c->used--;
+		/* Out of memory: fall back to recycling. */
+	}
+	if (list_empty(&c->lru))
+		return NULL;
+	s = list_last_entry(&c->lru, struct qcow2_slice, lru);
+	list_del_init(&s->lru);
+	hash_del(&s->hash);
+	return s;
+}
+
+static int qcow2_slice_read(struct qcow2_cache *c, struct qcow2_slice *s)
+{
+	struct qcow2_layer *layer = s->layer;
+
+	return qcow2_read_bytes(c->qt, layer, s->offset, page_address(s->page),
+				1U << layer->slice_bits);
+}
+
+/*
+ * Return the slice at byte @offset (slice aligned) of @layer's device, pinned.
+ * With @nowait, return ERR_PTR(-EWOULDBLOCK) instead of reading or waiting.
+ */
+struct qcow2_slice *qcow2_slice_get(struct qcow2_cache *c,
+				    struct qcow2_layer *layer, u64 offset,
+				    bool nowait)
+{
+	struct qcow2_slice *s;
+	int r;
+
+	spin_lock(&c->lock);
+again:
+	s = qcow2_lookup(c, layer, offset);
+	if (s) {
+		if (test_bit(QCOW2_SLICE_LOADING, &s->flags)) {
+			if (nowait)
+				goto would_block;
+			s->pins++;
+			spin_unlock(&c->lock);
+			wait_event(c->wait, !test_bit(QCOW2_SLICE_LOADING, &s->flags));
+			if (test_bit(QCOW2_SLICE_ERROR, &s->flags)) {
+				qcow2_slice_put(c, s);
+				return ERR_PTR(-EIO);
+			}
+			return s;
+		}
+		if (!s->pins++)
+			list_del_init(&s->lru);
+		c->hits++;
+		spin_unlock(&c->lock);
+		return s;
+	}
+	if (nowait)
+		goto would_block;
+
+	s = qcow2_slice_take(c);
+	if (!s) {
+		spin_unlock(&c->lock);
+		wait_event(c->wait, !list_empty(&c->lru) || c->used < c->slots);
+		spin_lock(&c->lock);
+		goto again;
+	}
+	/* The lock may have been dropped to allocate: look again. */
+	if (qcow2_lookup(c, layer, offset)) {
+		list_add_tail(&s->lru, &c->lru);
+		goto again;
+	}
+	s->layer = layer;
+	s->offset = offset;
+	s->pins = 1;
+	s->flags = BIT(QCOW2_SLICE_LOADING);
+	hlist_add_head(&s->hash, qcow2_bucket(c, layer, offset));
+	c->misses++;
+	c->reads++;
+	spin_unlock(&c->lock);
+
+	r = qcow2_slice_read(c, s);
+
+	spin_lock(&c->lock);
+	if (r) {
+		set_bit(QCOW2_SLICE_ERROR, &s->flags);
+		hash_del(&s->hash);
+	}
+	clear_bit(QCOW2_SLICE_LOADING, &s->flags);
+	spin_unlock(&c->lock);
+	wake_up_all(&c->wait);
+	if (r) {
+		qcow2_slice_put(c, s);
+		return ERR_PTR(r);
+	}
+	return s;
+
+would_block:
+	spin_unlock(&c->lock);
+	return ERR_PTR(-EWOULDBLOCK);
+}
+
+void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
+{
+	bool wake = false;
+	bool free = false;
+
+	spin_lock(&c->lock);
+	if (!--s->pins) {
+		if (test_bit(QCOW2_SLICE_ERROR, &s->flags)) {
+			c->used--;
+			free = true;
+		} else {
+			list_add(&s->lru, &c->lru);
+		}
+		wake = wq_has_sleeper(&c->wait);
+	}
+	spin_unlock(&c->lock);
+	if (free)
+		qcow2_slice_free(s);
+	if (wake)
+		wake_up_all(&c->wait);
+}

@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-qcow2 I/O path.
+ *
+ * A bio is resolved into runs: maximal guest ranges with one mapping (host
+ * data on one layer's device, zeros, a compressed cluster, or an error).
+ * Adjacent clusters that are contiguous on the host form one run, so a large
+ * bio is split only where the mapping is discontiguous.
+ *
+ * map() resolves the first run from cached metadata without sleeping: data
+ * is remapped in place (dm_accept_partial_bio() hands the rest of the bio
+ * back to dm core), zeros are filled in.  Anything that needs metadata I/O or
+ * decompression goes to a worker, which resolves every run of the bio,
+ * chaining one clone per run to the original.
+ */
+#include <linux/bio.h>
+#include <linux/highmem.h>
+
+#include "dm-qcow2.h"
+
+enum qcow2_run_type {
+	QCOW2_RUN_UNALLOCATED,	/* internal: look in the next layer */
+	QCOW2_RUN_ZERO,
+	QCOW2_RUN_DATA,
+	QCOW2_RUN_COMPRESSED,
+	QCOW2_RUN_ERROR,
+};
+
+struct qcow2_run {
+	enum qcow2_run_type type;
+	u64 len;			/* bytes */
+	struct qcow2_layer *layer;	/* DATA, COMPRESSED */
+	u64 host;			/* DATA: host byte offset */
+	u64 entry;			/* COMPRESSED: L2 entry */
+	u64 offset_in_cluster;		/* COMPRESSED */
+	const char *err;		/* ERROR: why */
+};
+
+static void qcow2_run_error(struct qcow2_layer *layer, u64 guest,
+			    const char *what, struct qcow2_run *run)
+{
+	DMERR_LIMIT("%s: layer %u: guest offset %llu: %s",
+		    qcow2_dev_name(layer->qt), layer->idx, guest, what);
+	run->type = QCOW2_RUN_ERROR;
+}
+
+/* Classify one L2 entry (one subcluster run) into @run, at most @len bytes. */
+static void qcow2_decode_run(struct qcow2_layer *layer,
+			     const struct qcow2_l2_entry *l2e, u64 guest,
+			     u64 len, struct qcow2_run *run)
+{
+	const struct qcow2_info *qi = &layer->qi;
+	u64 in_cluster = guest & (qi->cluster_size - 1);
+	unsigned int sc = in_cluster >> qi->subcluster_bits;
+	const char *err = NULL;
+	s64 host;
+
+	run->layer = layer;
+	switch (qcow2_l2_type(qi, l2e, sc, &err)) {
+	case QCOW2_CL_UNALLOCATED:
+	case QCOW2_CL_UNALLOCATED_ALLOC:
+		run->type = QCOW2_RUN_UNALLOCATED;
+		break;
+	case QCOW2_CL_ZERO_PLAIN:
+	case QCOW2_CL_ZERO_ALLOC:
+		run->type = QCOW2_RUN_ZERO;
+		break;
+	case QCOW2_CL_COMPRESSED:
+		run->type = QCOW2_RUN_COMPRESSED;
+		run->entry = l2e->entry;
+		run->offset_in_cluster = in_cluster;
+		run->len = min(len, qi->cluster_size - in_cluster);
+		return;
+	case QCOW2_CL_NORMAL:
+		host = qcow2_l2_host_offset(qi, l2e, layer->dev_size, &err);
+		if (host < 0) {
+			run->type = QCOW2_RUN_ERROR;
+			run->err = err;
+			break;
+		}
+		run->type = QCOW2_RUN_DATA;
+		run->host = host + in_cluster;
+		break;
+	default:
+		run->type = QCOW2_RUN_ERROR;
+		run->err = err ? err : "invalid L2 entry";
+		break;
+	}
+	run->len = min(len, ((u64)(sc + qcow2_subcluster_run(qi, l2e, sc)) <<
+			     qi->subcluster_bits) - in_cluster);
+}
+
+/* Can the run be extended by the next L2 entry? */
+static bool qcow2_run_continues(const struct qcow2_run *run,
+				const struct qcow2_run *next)
+{
+	if (next->type != run->type)
+		return false;
+	if (run->type == QCOW2_RUN_DATA)
+		return next->host == run->host + run->len;
+	return run->type == QCOW2_RUN_ZERO ||
+	       run->type == QCOW2_RUN_UNALLOCATED;
+}
+
+/*
+ * Resolve the mapping of guest bytes [@guest, @guest + @len) in one qcow2
+ * layer.  Returns 0 with @run filled (possibly UNALLOCATED: ask the next
+ * layer for run->len bytes) or -EWOULDBLOCK with @nowait on a cache miss.
+ */
+static int qcow2_layer_resolve(struct qcow2_layer *layer, u64 guest, u64 len,
+			       bool nowait, struct qcow2_run *run)
+{
+	const struct qcow2_info *qi = &layer->qi;
+	struct qcow2_target *qt = layer->qt;
+	u32 cb = qi->cluster_bits;
+	u64 l2_span = 1ULL << (cb + qi->l2_bits);
+	u64 l1_idx = guest >> (cb + qi->l2_bits);
+	u32 slice_entries_bits = layer->slice_bits - qi->l2_entry_shift;
+	u64 l2_idx, slice_off, pos, end;
+	struct qcow2_l2_entry l2e;
+	struct qcow2_slice *s;
+	const void *data;
+	unsigned int i, n;
+	const char *err;
+	s64 l2_off;
+
+	/* Runs never cross an L2 table: the next one is a separate lookup. */
+	len = min(len, l2_span - (guest & (l2_span - 1)));
+
+	run->layer = layer;
+	if (l1_idx >= layer->l1_size) {
+		run->type = QCOW2_RUN_UNALLOCATED;
+		run->len = len;
+		return 0;
+	}
+	l2_off = qcow2_l1_entry_l2_offset(qi, layer->l1[l1_idx],
+					  layer->dev_size, &err);
+	if (l2_off < 0) {
+		qcow2_run_error(layer, guest, err, run);
+		run->len = len;
+		return 0;
+	}
+	if (!l2_off) {
+		run->type = QCOW2_RUN_UNALLOCATED;
+		run->len = len;
+		return 0;
+	}
+
+	l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
+	slice_off = l2_off + ((l2_idx >> slice_entries_bits) << layer->slice_bits);
+	s = qcow2_slice_get(qt->cache, layer, slice_off, nowait);
+	if (IS_ERR(s)) {
+		if (PTR_ERR(s) == -EWOULDBLOCK)
+			return -EWOULDBLOCK;
+		qcow2_run_error(layer, guest, "L2 table read failed", run);
+		run->len = len;
+		return 0;
+	}
+	data = qcow2_slice_data(s);
+	i = l2_idx & ((1U << slice_entries_bits) - 1);
+	n = 1U << slice_entries_bits;
+
+	qcow2_l2_entry_load(qi, data, i, &l2e);
+	qcow2_decode_run(layer, &l2e, guest, len, run);
+	if (run->type == QCOW2_RUN_ERROR)
+		qcow2_run_error(layer, guest, run->err, run);
+
+	/* Extend over following clusters of the same slice with the same mapping. */
+	pos = guest + run->len;
+	end = guest + len;
+	while (pos < end && ++i < n && run->type != QCOW2_RUN_ERROR &&
+	       run->type != QCOW2_RUN_COMPRESSED &&
+	       !(pos & (qi->cluster_size - 1))) {
+		struct qcow2_run next;
+
+		/* A bad entry ends the run; it is reported when reached. */
+		qcow2_l2_entry_load(qi, data, i, &l2e);
+		qcow2_decode_run(layer, &l2e, pos, end - pos, &next);
+		if (!qcow2_run_continues(run, &next))
+			break;
+		run->len += next.len;
+		pos += next.len;
+		if (next.len < qi->cluster_size)
+			break;
+	}
+	qcow2_slice_put(qt->cache, s);
+
+	/* Data beyond the end of the device reads as zeros (short image file). */
+	if (run->type == QCOW2_RUN_DATA) {
+		if (run->host >= layer->dev_size)
+			run->type = QCOW2_RUN_ZERO;
+		else
+			run->len = min(run->len, layer->dev_size - run->host);
+	}
+	return 0;
+}
+
+/* Resolve the first run of guest range [@guest, @guest + @len) through the chain. */
+static int qcow2_resolve(struct qcow2_target *qt, u64 guest, u64 len,
+			 bool nowait, struct qcow2_run *run)
+{
+	unsigned int k;
+	int r;
+
+	for (k = 0; k < qt->nr_layers; k++) {
+		struct qcow2_layer *layer = &qt->layers[k];
+
+		/* Beyond a layer's size, it and everything below read as zeros. */
+		if (guest >= layer->size)
+			break;
+		len = min(len, layer->size - guest);
+
+		if (layer->fmt == QCOW2_FMT_RAW) {
+			if (guest >= layer->dev_size)
+				break;
+			run->type = QCOW2_RUN_DATA;
+			run->layer = layer;
+			run->host = guest;
+			run->len = min(len, layer->dev_size - guest);
+			return 0;
+		}
+		r = qcow2_layer_resolve(layer, guest, len, nowait, run);
+		if (r)
+			return r;
+		if (run->type != QCOW2_RUN_UNALLOCATED)
+			return 0;
+		len = run->len;
+	}
+	run->type = QCOW2_RUN_ZERO;
+	run->len = len;
+	return 0;
+}
+
+static void qcow2_bio_zero(struct bio *bio)
+{
+	zero_fill_bio(bio);
+	bio_endio(bio);
+}
+
+/* Complete or submit @bio (the original or a clone) for one resolved run. */
+static void qcow2_dispatch(struct qcow2_target *qt, struct bio *bio,
+			   const struct qcow2_run *run, bool original)
+{
+	int r;
+
+	switch (run->type) {
+	case QCOW2_RUN_DATA:
+		bio_set_dev(bio, run->layer->dev->bdev);
+		bio->bi_iter.bi_sector = run->host >> SECTOR_SHIFT;
+		if (original)
+			dm_submit_bio_remap(bio, NULL);
+		else
+			submit_bio_noacct(bio);
+		return;
+	case QCOW2_RUN_ZERO:
+		qcow2_bio_zero(bio);
+		return;
+	case QCOW2_RUN_COMPRESSED:
+		r = qcow2_read_compressed(qt, run->layer, run->entry,
+					  run->offset_in_cluster, bio);
+		if (r) {
+			atomic64_inc(&qt->io_errors);
+			bio->bi_status = errno_to_blk_status(r);
+		}
+		bio_endio(bio);
+		return;
+	default:
+		atomic64_inc(&qt->io_errors);
+		bio->bi_status = BLK_STS_IOERR;
+		bio_endio(bio);
+		return;
+	}
+}
+
+static void qcow2_process_read(struct qcow2_target *qt, struct bio *bio)
+{
+	u64 guest = (u64)dm_target_offset(qt->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	u64 len = bio->bi_iter.bi_size;
+	u64 done = 0;
+	struct qcow2_run run;
+
+	while (done < len) {
+		struct bio *clone;
+
+		/* Blocking resolution cannot return -EWOULDBLOCK. */
+		qcow2_resolve(qt, guest + done, len - done, false, &run);
+		if (!done && run.len == len) {
+			qcow2_dispatch(qt, bio, &run, true);
+			return;
+		}
+		clone = bio_alloc_clone(bio->bi_bdev, bio, GFP_NOIO, &qt->bs);
+		if (!clone) {
+			bio->bi_status = BLK_STS_RESOURCE;
+			break;
+		}
+		bio_trim(clone, done >> SECTOR_SHIFT, run.len >> SECTOR_SHIFT);
+		bio_chain(clone, bio);
+		qcow2_dispatch(qt, clone, &run, false);
+		done += run.len;
+	}
+	/* Drop our reference: the bio completes with its last clone. */
+	bio_endio(bio);
+}
+
+void qcow2_bio_work(struct work_struct *work)
+{
+	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
+	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
+	unsigned int noio = memalloc_noio_save();
+
+	qcow2_process_read(qb->qt, bio);
+	memalloc_noio_restore(noio);
+}
+
+static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
+{
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
+
+	qb->qt = qt;
+	INIT_WORK(&qb->work, qcow2_bio_work);
+	queue_work(qt->wq, &qb->work);
+}
+
+int qcow2_map(struct dm_target *ti, struct bio *bio)
+{
+	struct qcow2_target *qt = ti->private;
+	struct qcow2_run run;
+	u64 guest, len;
+
+	if (unlikely(op_is_flush(bio->bi_opf) && !bio_sectors(bio))) {
+		/* Nothing of ours is volatile while read-only: pass the flush down. */
+		bio_set_dev(bio, qt->layers[0].dev->bdev);
+		return DM_MAPIO_REMAPPED;
+	}
+	if (unlikely(bio_op(bio) != REQ_OP_READ))
+		return DM_MAPIO_KILL;
+	if (unlikely(qt->mode == QCOW2_MODE_FAIL))
+		return DM_MAPIO_KILL;
+
+	guest = (u64)dm_target_offset(ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	len = bio->bi_iter.bi_size;
+	if (qcow2_resolve(qt, guest, len, true, &run) ||
+	    run.type == QCOW2_RUN_COMPRESSED) {
+		qcow2_defer(qt, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	if (run.len < len)
+		dm_accept_partial_bio(bio, run.len >> SECTOR_SHIFT);
+
+	switch (run.type) {
+	case QCOW2_RUN_DATA:
+		bio_set_dev(bio, run.layer->dev->bdev);
+		bio->bi_iter.bi_sector = run.host >> SECTOR_SHIFT;
+		return DM_MAPIO_REMAPPED;
+	case QCOW2_RUN_ZERO:
+		qcow2_bio_zero(bio);
+		return DM_MAPIO_SUBMITTED;
+	default:
+		atomic64_inc(&qt->io_errors);
+		return DM_MAPIO_KILL;
+	}
+}

@@ -1,0 +1,579 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-qcow2: device-mapper target mapping a qcow2 image (and its backing
+ * chain) as a block device.
+ *
+ * This file holds the target glue: table parsing, opening the images,
+ * status and the target_type.  See
+ * Documentation/admin-guide/device-mapper/qcow2.rst.
+ */
+#include <linux/ioprio.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "dm-qcow2.h"
+
+/*
+ * Synchronous read of @len bytes at byte @offset of @layer's device into @buf
+ * (kmalloc'ed, vmalloc'ed or a page).  Bytes beyond the end of the device
+ * read as zeros: an image file attached through a loop device loses its last
+ * partial sector, and qcow2 images need not end on a cluster boundary.
+ */
+int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
+		     u64 offset, void *buf, size_t len)
+{
+	u64 end = min(offset + len, layer->dev_size);
+	size_t avail = offset < end ? end - offset : 0;
+	struct dm_io_region where;
+	struct dm_io_request req = {
+		.bi_opf = REQ_OP_READ | REQ_SYNC | REQ_META,
+		.client = qt->io_client,
+	};
+	size_t rd;
+	void *bounce = NULL;
+	int r;
+
+	if (avail < len)
+		memset(buf + avail, 0, len - avail);
+	if (!avail)
+		return 0;
+
+	atomic64_inc(&qt->meta_reads);
+	/* dm-io works in whole sectors: bounce unaligned requests. */
+	rd = round_up(avail + (offset & (SECTOR_SIZE - 1)), SECTOR_SIZE);
+	if ((offset & (SECTOR_SIZE - 1)) || rd != avail) {
+		bounce = kvmalloc(rd, GFP_NOIO);
+		if (!bounce)
+			return -ENOMEM;
+	}
+	req.mem.type = is_vmalloc_addr(bounce ?: buf) ? DM_IO_VMA : DM_IO_KMEM;
+	if (req.mem.type == DM_IO_VMA)
+		req.mem.ptr.vma = bounce ?: buf;
+	else
+		req.mem.ptr.addr = bounce ?: buf;
+	where.bdev = layer->dev->bdev;
+	where.sector = offset >> SECTOR_SHIFT;
+	where.count = rd >> SECTOR_SHIFT;
+	r = qcow2_dm_io(&req, &where);
+	if (!r && bounce)
+		memcpy(buf, bounce + (offset & (SECTOR_SIZE - 1)), avail);
+	kvfree(bounce);
+	if (r)
+		DMERR_LIMIT("%s: layer %u: metadata read of %zu bytes at %llu failed: %d",
+			    qcow2_dev_name(qt), layer->idx, len, offset, r);
+	return r;
+}
+
+struct qcow2_args {
+	unsigned int nr_backing;
+	const char *backing_fmt[QCOW2_MAX_LAYERS];
+	const char *backing_dev[QCOW2_MAX_LAYERS];
+	const char *snapshot;
+	u64 cache_size;
+};
+
+static int qcow2_parse_args(struct dm_target *ti, struct dm_arg_set *as,
+			    struct qcow2_args *a)
+{
+	static const struct dm_arg _args[] = {
+		{0, 3 * QCOW2_MAX_LAYERS + 4, "Invalid number of optional arguments"},
+	};
+	unsigned int argc;
+	const char *name;
+	int r;
+
+	a->cache_size = QCOW2_DEFAULT_CACHE_SIZE;
+	if (!as->argc)
+		return 0;
+	r = dm_read_arg_group(_args, as, &argc, &ti->error);
+	if (r)
+		return r;
+	if (argc != as->argc) {
+		ti->error = "Optional argument count does not match the arguments given";
+		return -EINVAL;
+	}
+	while (argc) {
+		name = dm_shift_arg(as);
+		argc--;
+		if (!strcasecmp(name, "backing")) {
+			if (argc < 2) {
+				ti->error = "backing needs a format and a device";
+				return -EINVAL;
+			}
+			if (a->nr_backing == QCOW2_MAX_LAYERS - 1) {
+				ti->error = "Backing chain too long";
+				return -EINVAL;
+			}
+			a->backing_fmt[a->nr_backing] = dm_shift_arg(as);
+			a->backing_dev[a->nr_backing] = dm_shift_arg(as);
+			argc -= 2;
+			if (strcmp(a->backing_fmt[a->nr_backing], "qcow2") &&
+			    strcmp(a->backing_fmt[a->nr_backing], "raw")) {
+				ti->error = "Backing format must be qcow2 or raw";
+				return -EINVAL;
+			}
+			a->nr_backing++;
+		} else if (!strcasecmp(name, "snapshot")) {
+			if (!argc) {
+				ti->error = "snapshot needs an ID";
+				return -EINVAL;
+			}
+			a->snapshot = dm_shift_arg(as);
+			argc--;
+		} else if (!strcasecmp(name, "cache_size")) {
+			if (!argc || kstrtoull(dm_shift_arg(as), 10, &a->cache_size)) {
+				ti->error = "cache_size needs a number of bytes";
+				return -EINVAL;
+			}
+			argc--;
+			if (a->cache_size < QCOW2_MIN_CACHE_SIZE) {
+				ti->error = "cache_size below the minimum of 16384 bytes";
+				return -EINVAL;
+			}
+		} else {
+			ti->error = "Unknown optional argument";
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* Read and validate a qcow2 layer's header; @buf receives the header cluster. */
+static int qcow2_open_header(struct qcow2_target *qt, struct qcow2_layer *layer,
+			     void **header, size_t *header_len)
+{
+	struct dm_target *ti = qt->ti;
+	unsigned int lbs = bdev_logical_block_size(layer->dev->bdev);
+	const char *err = NULL;
+	size_t len;
+	u32 cb;
+	void *buf;
+	int r;
+
+	/* Learn the cluster size first: the header cluster is read whole. */
+	buf = kmalloc(SECTOR_SIZE, GFP_KERNEL);
+	if (!buf) {
+		ti->error = "Cannot allocate memory for the header";
+		return -ENOMEM;
+	}
+	r = qcow2_read_bytes(qt, layer, 0, buf, SECTOR_SIZE);
+	if (r)
+		ti->error = "Cannot read the image header";
+	else if (qcow2_peek_cluster_bits(buf, SECTOR_SIZE, &cb, &err))
+		r = -EINVAL;
+	kfree(buf);
+	if (r) {
+		if (err)
+			qcow2_ti_error(ti, err);
+		return r;
+	}
+	len = min_t(u64, 1ULL << cb, layer->dev_size);
+	buf = kvmalloc(1ULL << cb, GFP_KERNEL);
+	if (!buf) {
+		ti->error = "Cannot allocate memory for the header";
+		return -ENOMEM;
+	}
+	r = qcow2_read_bytes(qt, layer, 0, buf, len);
+	if (r) {
+		ti->error = "Cannot read the image header";
+		goto fail;
+	}
+	r = qcow2_parse_header(buf, len, layer->dev_size, &layer->qi, &err);
+	if (r) {
+		qcow2_ti_error(ti, err);
+		goto fail;
+	}
+	if (layer->qi.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+		ti->error = "Images with an external data file are not supported";
+		r = -EOPNOTSUPP;
+		goto fail;
+	}
+	if (layer->qi.cluster_size < lbs) {
+		ti->error = "Cluster size is smaller than the image device's logical block size";
+		r = -EINVAL;
+		goto fail;
+	}
+	*header = buf;
+	*header_len = len;
+	return 0;
+fail:
+	kvfree(buf);
+	return r;
+}
+
+static int qcow2_load_l1(struct qcow2_target *qt, struct qcow2_layer *layer,
+			 u64 offset, u32 entries)
+{
+	u32 i;
+	int r;
+
+	layer->l1_size = entries;
+	if (!entries)
+		return 0;
+	layer->l1 = kvmalloc_array(entries, sizeof(u64), GFP_KERNEL);
+	if (!layer->l1) {
+		qt->ti->error = "Cannot allocate memory for the L1 table";
+		return -ENOMEM;
+	}
+	r = qcow2_read_bytes(qt, layer, offset, layer->l1, (size_t)entries * sizeof(u64));
+	if (r) {
+		qt->ti->error = "Cannot read the L1 table";
+		return r;
+	}
+	for (i = 0; i < entries; i++)
+		layer->l1[i] = be64_to_cpu((__force __be64)layer->l1[i]);
+	return 0;
+}
+
+/* Find snapshot @id in the snapshot table and switch @layer to its L1 table. */
+static int qcow2_open_snapshot(struct qcow2_target *qt, struct qcow2_layer *layer,
+			       const char *id)
+{
+	const struct qcow2_info *qi = &layer->qi;
+	struct qcow2_snapshot_info si;
+	const size_t window = 128 << 10;	/* one entry is at most ~132 KiB */
+	size_t id_len = strlen(id);
+	u64 off = qi->snapshots_offset;
+	size_t max_entry = sizeof(struct qcow2_snapshot_header) +
+			   QCOW2_MAX_SNAPSHOT_EXTRA + 2 * 65535 + 8;
+	const char *err = NULL;
+	void *buf;
+	u32 n;
+	int r;
+
+	buf = kvmalloc(max_entry, GFP_KERNEL);
+	if (!buf) {
+		qt->ti->error = "Cannot allocate memory for the snapshot table";
+		return -ENOMEM;
+	}
+	for (n = 0; n < qi->nb_snapshots; n++) {
+		size_t len = window;
+
+		if (off - qi->snapshots_offset >= QCOW2_MAX_SNAPSHOT_TABLE) {
+			qt->ti->error = "Snapshot table too large";
+			r = -EINVAL;
+			goto out;
+		}
+		for (;;) {
+			r = qcow2_read_bytes(qt, layer, off, buf, len);
+			if (r) {
+				qt->ti->error = "Cannot read the snapshot table";
+				goto out;
+			}
+			r = qcow2_parse_snapshot(qi, buf, len, layer->dev_size, &si, &err);
+			if (r != -ENODATA || len == max_entry)
+				break;
+			len = max_entry;
+		}
+		if (r < 0) {
+			qcow2_ti_error(qt->ti, err ? err : "Invalid snapshot table entry");
+			goto out;
+		}
+		if (si.id_len == id_len && !memcmp(si.id, id, id_len)) {
+			if (si.disk_size)
+				layer->size = si.disk_size & ~(u64)(SECTOR_SIZE - 1);
+			r = qcow2_load_l1(qt, layer, si.l1_table_offset, si.l1_size);
+			goto out;
+		}
+		off += si.entry_len;
+	}
+	qt->ti->error = "Snapshot not found";
+	r = -ENOENT;
+out:
+	kvfree(buf);
+	return r;
+}
+
+/* Check that the table's chain matches what the image header says. */
+static int qcow2_check_backing(struct qcow2_target *qt, struct qcow2_layer *layer,
+			       const void *header, size_t header_len)
+{
+	const struct qcow2_info *qi = &layer->qi;
+	bool has_backing = qi->backing_file_offset != 0;
+	struct qcow2_layer *below;
+
+	if (layer->idx + 1 == qt->nr_layers) {
+		if (has_backing) {
+			qt->ti->error = "Image has a backing file but the table gives no backing layer";
+			return -EINVAL;
+		}
+		return 0;
+	}
+	below = layer + 1;
+	if (!has_backing) {
+		qt->ti->error = "Table gives a backing layer for an image without a backing file";
+		return -EINVAL;
+	}
+	if (qi->has_backing_fmt &&
+	    strcmp(qi->backing_fmt, below->fmt == QCOW2_FMT_RAW ? "raw" : "qcow2")) {
+		qt->ti->error = "Backing format in the table does not match the image's backing format";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int qcow2_open_layer(struct qcow2_target *qt, struct qcow2_layer *layer,
+			    const char *snapshot)
+{
+	void *header = NULL;
+	size_t header_len;
+	int r;
+
+	layer->dev_size = bdev_nr_bytes(layer->dev->bdev);
+	if (layer->fmt == QCOW2_FMT_RAW) {
+		layer->size = layer->dev_size;
+		return 0;
+	}
+	r = qcow2_open_header(qt, layer, &header, &header_len);
+	if (r)
+		return r;
+	r = qcow2_check_backing(qt, layer, header, header_len);
+	if (r)
+		goto out;
+	layer->size = layer->qi.size & ~(u64)(SECTOR_SIZE - 1);
+	layer->slice_bits = min_t(u32, layer->qi.cluster_bits, PAGE_SHIFT);
+	if (snapshot)
+		r = qcow2_open_snapshot(qt, layer, snapshot);
+	else
+		r = qcow2_load_l1(qt, layer, layer->qi.l1_table_offset,
+				  layer->qi.l1_size);
+out:
+	kvfree(header);
+	return r;
+}
+
+static void qcow2_dtr(struct dm_target *ti)
+{
+	struct qcow2_target *qt = ti->private;
+	unsigned int k;
+
+	if (qt->wq)
+		destroy_workqueue(qt->wq);
+	qcow2_dpool_destroy(qt->dpool);
+	qcow2_cache_destroy(qt->cache);
+	bioset_exit(&qt->bs);
+	if (qt->io_client)
+		dm_io_client_destroy(qt->io_client);
+	for (k = 0; k < qt->nr_layers; k++) {
+		kvfree(qt->layers[k].l1);
+		if (qt->layers[k].dev)
+			dm_put_device(ti, qt->layers[k].dev);
+	}
+	kvfree(qt->layers);
+	kfree(qt->snapshot_id);
+	kfree(qt);
+}
+
+/*
+ * Construct a qcow2 mapping:
+ *   <image_dev> [<#opt_args> [backing qcow2|raw <dev>]... [snapshot <id>]
+ *                             [cache_size <bytes>]]
+ */
+static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
+{
+	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	struct qcow2_target *qt;
+	struct qcow2_args *a;
+	const char *image;
+	unsigned int k;
+	int r;
+
+	if (argc < 1) {
+		ti->error = "Invalid argument count: need at least <image_dev>";
+		return -EINVAL;
+	}
+	a = kzalloc(sizeof(*a), GFP_KERNEL);
+	qt = kzalloc(sizeof(*qt), GFP_KERNEL);
+	if (!a || !qt) {
+		kfree(a);
+		kfree(qt);
+		ti->error = "Cannot allocate memory";
+		return -ENOMEM;
+	}
+	qt->ti = ti;
+	ti->private = qt;
+	atomic64_set(&qt->meta_reads, 0);
+	atomic64_set(&qt->io_errors, 0);
+
+	image = dm_shift_arg(&as);
+	r = qcow2_parse_args(ti, &as, a);
+	if (r)
+		goto bad;
+	qt->cache_size = a->cache_size;
+	if (a->snapshot) {
+		qt->snapshot_id = kstrdup(a->snapshot, GFP_KERNEL);
+		if (!qt->snapshot_id) {
+			ti->error = "Cannot allocate memory";
+			r = -ENOMEM;
+			goto bad;
+		}
+	}
+
+	qt->layers = kvcalloc(a->nr_backing + 1, sizeof(*qt->layers), GFP_KERNEL);
+	if (!qt->layers) {
+		ti->error = "Cannot allocate memory";
+		r = -ENOMEM;
+		goto bad;
+	}
+	qt->nr_layers = a->nr_backing + 1;
+	for (k = 0; k < qt->nr_layers; k++) {
+		struct qcow2_layer *layer = &qt->layers[k];
+		const char *path = k ? a->backing_dev[k - 1] : image;
+
+		layer->qt = qt;
+		layer->idx = k;
+		layer->fmt = k && !strcmp(a->backing_fmt[k - 1], "raw") ?
+			     QCOW2_FMT_RAW : QCOW2_FMT_QCOW2;
+		if (layer->fmt == QCOW2_FMT_RAW && k + 1 != qt->nr_layers) {
+			ti->error = "A raw backing layer must be the last one";
+			r = -EINVAL;
+			goto bad;
+		}
+		/* Backing layers are only ever read. */
+		r = dm_get_device(ti, path, k ? QCOW2_MODE_READ :
+				  dm_table_get_mode(ti->table), &layer->dev);
+		if (r) {
+			ti->error = k ? "Backing device lookup failed" :
+					"Image device lookup failed";
+			goto bad;
+		}
+	}
+
+	if (dm_table_get_mode(ti->table) & QCOW2_MODE_WRITE) {
+		ti->error = "Writing is not supported yet: load the table read-only (dmsetup create --readonly)";
+		r = -EROFS;
+		goto bad;
+	}
+	qt->mode = QCOW2_MODE_RO;
+
+	qt->io_client = dm_io_client_create();
+	if (IS_ERR(qt->io_client)) {
+		r = PTR_ERR(qt->io_client);
+		qt->io_client = NULL;
+		ti->error = "Cannot create dm-io client";
+		goto bad;
+	}
+	for (k = 0; k < qt->nr_layers; k++) {
+		r = qcow2_open_layer(qt, &qt->layers[k], k ? NULL : a->snapshot);
+		if (r)
+			goto bad;
+	}
+	qt->open_reads = atomic64_read(&qt->meta_reads);
+
+	if (ti->len > qt->layers[0].size >> SECTOR_SHIFT) {
+		ti->error = "Target length exceeds the virtual disk size";
+		r = -EINVAL;
+		goto bad;
+	}
+
+	r = bioset_init(&qt->bs, BIO_POOL_SIZE, 0, 0);
+	if (r) {
+		ti->error = "Cannot allocate bio set";
+		goto bad;
+	}
+	qt->cache = qcow2_cache_create(qt, qt->cache_size);
+	qt->dpool = qcow2_dpool_create(qt);
+	qt->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	if (!qt->cache || !qt->dpool || !qt->wq) {
+		ti->error = "Cannot allocate memory";
+		r = -ENOMEM;
+		goto bad;
+	}
+
+	ti->per_io_data_size = sizeof(struct qcow2_bio);
+	ti->num_flush_bios = 1;
+	kfree(a);
+	return 0;
+bad:
+	kfree(a);
+	qcow2_dtr(ti);
+	return r;
+}
+
+static void qcow2_status(struct dm_target *ti, status_type_t type,
+			 unsigned int status_flags, char *result,
+			 unsigned int maxlen)
+{
+	struct qcow2_target *qt = ti->private;
+	static const char * const modes[] = {
+		[QCOW2_MODE_RO] = "ro",
+		[QCOW2_MODE_RW] = "rw",
+		[QCOW2_MODE_FAIL] = "fail",
+	};
+	struct qcow2_cache_stats st;
+	unsigned int sz = 0, k, nr_opt;
+
+	switch (type) {
+	case STATUSTYPE_INFO:
+		qcow2_cache_get_stats(qt->cache, &st);
+		DMEMIT("%s %llu %llu %u %u/%u %llu %llu %llu %llu %llu",
+		       modes[qt->mode], qt->layers[0].size,
+		       qt->layers[0].qi.cluster_size, qt->nr_layers,
+		       st.used, st.slots, st.hits, st.misses,
+		       (u64)atomic64_read(&qt->meta_reads), qt->open_reads,
+		       (u64)atomic64_read(&qt->io_errors));
+		break;
+	case STATUSTYPE_TABLE:
+		nr_opt = 3 * (qt->nr_layers - 1) + (qt->snapshot_id ? 2 : 0) +
+			 (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE ? 2 : 0);
+		DMEMIT("%s", qt->layers[0].dev->name);
+		if (nr_opt)
+			DMEMIT(" %u", nr_opt);
+		for (k = 1; k < qt->nr_layers; k++)
+			DMEMIT(" backing %s %s",
+			       qt->layers[k].fmt == QCOW2_FMT_RAW ? "raw" : "qcow2",
+			       qt->layers[k].dev->name);
+		if (qt->snapshot_id)
+			DMEMIT(" snapshot %s", qt->snapshot_id);
+		if (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE)
+			DMEMIT(" cache_size %llu", qt->cache_size);
+		break;
+	case STATUSTYPE_IMA:
+		DMEMIT_TARGET_NAME_VERSION(ti->type);
+		DMEMIT(",image_device=%s,layers=%u,mode=%s;",
+		       qt->layers[0].dev->name, qt->nr_layers, modes[qt->mode]);
+		break;
+	}
+}
+
+static int qcow2_iterate_devices(struct dm_target *ti,
+				 iterate_devices_callout_fn fn, void *data)
+{
+	struct qcow2_target *qt = ti->private;
+	unsigned int k;
+	int r = 0;
+
+	for (k = 0; k < qt->nr_layers && !r; k++)
+		r = fn(ti, qt->layers[k].dev, 0,
+		       qt->layers[k].dev_size >> SECTOR_SHIFT, data);
+	return r;
+}
+
+static struct target_type qcow2_target = {
+	.name = "qcow2",
+	.version = {1, 0, 0},
+	.module = THIS_MODULE,
+	.ctr = qcow2_ctr,
+	.dtr = qcow2_dtr,
+	.map = qcow2_map,
+	.status = qcow2_status,
+	.iterate_devices = qcow2_iterate_devices,
+};
+
+static int __init dm_qcow2_init(void)
+{
+	return dm_register_target(&qcow2_target);
+}
+
+static void __exit dm_qcow2_exit(void)
+{
+	dm_unregister_target(&qcow2_target);
+}
+
+module_init(dm_qcow2_init);
+module_exit(dm_qcow2_exit);
+
+MODULE_DESCRIPTION(DM_NAME " target mapping qcow2 images");
+MODULE_AUTHOR("dm-qcow2 developers");
+MODULE_LICENSE("GPL");
