@@ -218,12 +218,17 @@ int qcow2_peek_cluster_bits(const void *buf, size_t len, u32 *cluster_bits,
  * as zero-padded: bytes past @len read as zero).  @image_size is the size of
  * the device holding the image; table offsets beyond it are refused.
  * Returns 0 or a negative errno (-EINVAL malformed, -EOPNOTSUPP unsupported
- * feature, -EFBIG out of supported range) and sets *err.
+ * feature, -EFBIG out of supported range) and sets *err.  On failure @qi
+ * keeps the fields decoded so far (e.g. incompatible_features) for logging.
  */
 int qcow2_parse_header(const void *buf, size_t len, u64 image_size,
 		       struct qcow2_info *qi, const char **err);
 
-/* Copy the backing file name (not NUL-terminated on disk) from @buf. */
+/*
+ * Copy the backing file name (not NUL-terminated on disk) from @buf and
+ * NUL-terminate it.  Returns its length (0 without a backing file) or
+ * -ENAMETOOLONG when @name_size cannot hold it.
+ */
 int qcow2_backing_name(const struct qcow2_info *qi, const void *buf,
 		       size_t len, char *name, size_t name_size);
 
