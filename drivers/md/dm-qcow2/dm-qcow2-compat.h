@@ -15,12 +15,11 @@
 
 #include "compat-probes.h"
 
+/* Device open modes for dm_get_device() and dm_table_get_mode(). */
 #ifdef HAVE_BLK_MODE_T
-typedef blk_mode_t qcow2_mode_t;
 #define QCOW2_MODE_READ		BLK_OPEN_READ
 #define QCOW2_MODE_WRITE	BLK_OPEN_WRITE
 #else
-typedef fmode_t qcow2_mode_t;
 #define QCOW2_MODE_READ		FMODE_READ
 #define QCOW2_MODE_WRITE	FMODE_WRITE
 #endif

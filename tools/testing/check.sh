@@ -1,0 +1,47 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# check.sh KVER...: everything `make check` runs, with one closing line
+# "N passed, N failed, N skipped" summing all parts.
+set -u
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top" || exit 1
+pass=0
+fail=0
+skip=0
+start=$(date +%s)
+
+run_part() {
+	local name=$1 log line p f s rc
+	shift
+	echo "## $name"
+	log=$(mktemp)
+	"$@" 2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+	rm -f "$log"
+	p=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$line")
+	f=$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$line")
+	s=$(sed -n 's/.* \([0-9]*\) skipped.*/\1/p' <<<"$line")
+	pass=$((pass + ${p:-0}))
+	fail=$((fail + ${f:-0}))
+	skip=$((skip + ${s:-0}))
+	if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then
+		echo "not ok - $name exited with status $rc"
+		fail=$((fail + 1))
+	fi
+}
+
+if [ $# = 0 ]; then
+	echo "check: no test kernels found (run tools/setup-deps.sh)" >&2
+	echo "0 passed, 1 failed"
+	exit 1
+fi
+run_part "static checks" tools/testing/check-build.sh "$@"
+run_part "format unit tests" make -s -C tools/testing/format-test test
+run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
+
+echo "# make check took $(($(date +%s) - start)) s on kernels: $*"
+echo "$pass passed, $fail failed, $skip skipped"
+[ "$fail" = 0 ]
