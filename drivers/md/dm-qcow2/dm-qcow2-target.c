@@ -181,6 +181,10 @@ static int qcow2_open_header(struct qcow2_target *qt, struct qcow2_layer *layer,
 	}
 	r = qcow2_parse_header(buf, len, layer->dev_size, &layer->qi, &err);
 	if (r) {
+		/* The parser leaves what it decoded: log the values with the reason. */
+		DMERR("layer %u: %s (version %u, cluster_bits %u, incompatible features 0x%llx, refcount_order %u)",
+		      layer->idx, err, layer->qi.version, layer->qi.cluster_bits,
+		      layer->qi.incompatible_features, layer->qi.refcount_order);
 		qcow2_ti_error(ti, err);
 		goto fail;
 	}

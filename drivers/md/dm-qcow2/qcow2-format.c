@@ -12,8 +12,6 @@
  */
 #include "qcow2-format.h"
 
-#define QCOW2_NELEM(a)		(sizeof(a) / sizeof((a)[0]))
-
 /* Largest byte offset we let a table reach: the loff_t limit. */
 #define QCOW2_MAX_FILE_OFFSET	0x7fffffffffffffffULL
 /* Host offsets in L1/L2 entries and compressed descriptors are < 2^56. */
@@ -41,131 +39,6 @@ static u32 qcow2_get_be32(const u8 *p, size_t len, u64 off)
 	return v;
 }
 
-/*
- * Error message tables.  The messages carry the offending value for the
- * common cases so that they are useful in ti->error, yet stay static.
- */
-#define QCOW2_VERSION_ERR(n) \
-	[n] = "unsupported version " #n
-static const char * const qcow2_version_errs[] = {
-	QCOW2_VERSION_ERR(0), QCOW2_VERSION_ERR(1), QCOW2_VERSION_ERR(4),
-	QCOW2_VERSION_ERR(5), QCOW2_VERSION_ERR(6), QCOW2_VERSION_ERR(7),
-	QCOW2_VERSION_ERR(8), QCOW2_VERSION_ERR(9), QCOW2_VERSION_ERR(10),
-	QCOW2_VERSION_ERR(11), QCOW2_VERSION_ERR(12), QCOW2_VERSION_ERR(13),
-	QCOW2_VERSION_ERR(14), QCOW2_VERSION_ERR(15),
-};
-
-#define QCOW2_CB_ERR(n) \
-	[n] = "cluster_bits " #n " out of range 9..21"
-static const char * const qcow2_cluster_bits_errs[] = {
-	QCOW2_CB_ERR(0), QCOW2_CB_ERR(1), QCOW2_CB_ERR(2), QCOW2_CB_ERR(3),
-	QCOW2_CB_ERR(4), QCOW2_CB_ERR(5), QCOW2_CB_ERR(6), QCOW2_CB_ERR(7),
-	QCOW2_CB_ERR(8), QCOW2_CB_ERR(22), QCOW2_CB_ERR(23), QCOW2_CB_ERR(24),
-	QCOW2_CB_ERR(25), QCOW2_CB_ERR(26), QCOW2_CB_ERR(27), QCOW2_CB_ERR(28),
-	QCOW2_CB_ERR(29), QCOW2_CB_ERR(30), QCOW2_CB_ERR(31), QCOW2_CB_ERR(32),
-	QCOW2_CB_ERR(33), QCOW2_CB_ERR(34), QCOW2_CB_ERR(35), QCOW2_CB_ERR(36),
-	QCOW2_CB_ERR(37), QCOW2_CB_ERR(38), QCOW2_CB_ERR(39), QCOW2_CB_ERR(40),
-	QCOW2_CB_ERR(41), QCOW2_CB_ERR(42), QCOW2_CB_ERR(43), QCOW2_CB_ERR(44),
-	QCOW2_CB_ERR(45), QCOW2_CB_ERR(46), QCOW2_CB_ERR(47), QCOW2_CB_ERR(48),
-	QCOW2_CB_ERR(49), QCOW2_CB_ERR(50), QCOW2_CB_ERR(51), QCOW2_CB_ERR(52),
-	QCOW2_CB_ERR(53), QCOW2_CB_ERR(54), QCOW2_CB_ERR(55), QCOW2_CB_ERR(56),
-	QCOW2_CB_ERR(57), QCOW2_CB_ERR(58), QCOW2_CB_ERR(59), QCOW2_CB_ERR(60),
-	QCOW2_CB_ERR(61), QCOW2_CB_ERR(62), QCOW2_CB_ERR(63), QCOW2_CB_ERR(64),
-};
-
-#define QCOW2_RO_ERR(n) \
-	[n] = "refcount_order " #n " out of range 0..6"
-static const char * const qcow2_refcount_order_errs[] = {
-	QCOW2_RO_ERR(7), QCOW2_RO_ERR(8), QCOW2_RO_ERR(9), QCOW2_RO_ERR(10),
-	QCOW2_RO_ERR(11), QCOW2_RO_ERR(12), QCOW2_RO_ERR(13), QCOW2_RO_ERR(14),
-	QCOW2_RO_ERR(15), QCOW2_RO_ERR(16), QCOW2_RO_ERR(32), QCOW2_RO_ERR(64),
-};
-
-static const char * const qcow2_incompat_errs[] = {
-	[5] = "unknown incompatible feature bits 0x20",
-	[6] = "unknown incompatible feature bits 0x40",
-	[7] = "unknown incompatible feature bits 0x80",
-	[8] = "unknown incompatible feature bits 0x100",
-	[9] = "unknown incompatible feature bits 0x200",
-	[10] = "unknown incompatible feature bits 0x400",
-	[11] = "unknown incompatible feature bits 0x800",
-	[12] = "unknown incompatible feature bits 0x1000",
-	[13] = "unknown incompatible feature bits 0x2000",
-	[14] = "unknown incompatible feature bits 0x4000",
-	[15] = "unknown incompatible feature bits 0x8000",
-	[16] = "unknown incompatible feature bits 0x10000",
-	[17] = "unknown incompatible feature bits 0x20000",
-	[18] = "unknown incompatible feature bits 0x40000",
-	[19] = "unknown incompatible feature bits 0x80000",
-	[20] = "unknown incompatible feature bits 0x100000",
-	[21] = "unknown incompatible feature bits 0x200000",
-	[22] = "unknown incompatible feature bits 0x400000",
-	[23] = "unknown incompatible feature bits 0x800000",
-	[24] = "unknown incompatible feature bits 0x1000000",
-	[25] = "unknown incompatible feature bits 0x2000000",
-	[26] = "unknown incompatible feature bits 0x4000000",
-	[27] = "unknown incompatible feature bits 0x8000000",
-	[28] = "unknown incompatible feature bits 0x10000000",
-	[29] = "unknown incompatible feature bits 0x20000000",
-	[30] = "unknown incompatible feature bits 0x40000000",
-	[31] = "unknown incompatible feature bits 0x80000000",
-	[32] = "unknown incompatible feature bits 0x100000000",
-	[33] = "unknown incompatible feature bits 0x200000000",
-	[34] = "unknown incompatible feature bits 0x400000000",
-	[35] = "unknown incompatible feature bits 0x800000000",
-	[36] = "unknown incompatible feature bits 0x1000000000",
-	[37] = "unknown incompatible feature bits 0x2000000000",
-	[38] = "unknown incompatible feature bits 0x4000000000",
-	[39] = "unknown incompatible feature bits 0x8000000000",
-	[40] = "unknown incompatible feature bits 0x10000000000",
-	[41] = "unknown incompatible feature bits 0x20000000000",
-	[42] = "unknown incompatible feature bits 0x40000000000",
-	[43] = "unknown incompatible feature bits 0x80000000000",
-	[44] = "unknown incompatible feature bits 0x100000000000",
-	[45] = "unknown incompatible feature bits 0x200000000000",
-	[46] = "unknown incompatible feature bits 0x400000000000",
-	[47] = "unknown incompatible feature bits 0x800000000000",
-	[48] = "unknown incompatible feature bits 0x1000000000000",
-	[49] = "unknown incompatible feature bits 0x2000000000000",
-	[50] = "unknown incompatible feature bits 0x4000000000000",
-	[51] = "unknown incompatible feature bits 0x8000000000000",
-	[52] = "unknown incompatible feature bits 0x10000000000000",
-	[53] = "unknown incompatible feature bits 0x20000000000000",
-	[54] = "unknown incompatible feature bits 0x40000000000000",
-	[55] = "unknown incompatible feature bits 0x80000000000000",
-	[56] = "unknown incompatible feature bits 0x100000000000000",
-	[57] = "unknown incompatible feature bits 0x200000000000000",
-	[58] = "unknown incompatible feature bits 0x400000000000000",
-	[59] = "unknown incompatible feature bits 0x800000000000000",
-	[60] = "unknown incompatible feature bits 0x1000000000000000",
-	[61] = "unknown incompatible feature bits 0x2000000000000000",
-	[62] = "unknown incompatible feature bits 0x4000000000000000",
-	[63] = "unknown incompatible feature bits 0x8000000000000000",
-};
-
-static const char *qcow2_table_err(const char * const *tbl, size_t nr,
-				   u64 idx, const char *fallback)
-{
-	if (idx < nr && tbl[idx])
-		return tbl[idx];
-	return fallback;
-}
-
-static const char *qcow2_incompat_err(u64 unknown)
-{
-	unsigned int bit = 0;
-
-	if (unknown & (unknown - 1))
-		return "unknown incompatible feature bits (several)";
-	while (!(unknown & 1)) {
-		unknown >>= 1;
-		bit++;
-	}
-	return qcow2_table_err(qcow2_incompat_errs,
-			       QCOW2_NELEM(qcow2_incompat_errs), bit,
-			       "unknown incompatible feature bits");
-}
-
 /* magic, version and cluster_bits: shared by peek and parse. */
 static int qcow2_check_basics(u32 magic, u32 version, u32 cluster_bits,
 			      const char **err)
@@ -175,17 +48,12 @@ static int qcow2_check_basics(u32 magic, u32 version, u32 cluster_bits,
 		return -EINVAL;
 	}
 	if (version != 2 && version != 3) {
-		*err = qcow2_table_err(qcow2_version_errs,
-				       QCOW2_NELEM(qcow2_version_errs), version,
-				       "unsupported version");
+		*err = "unsupported version (only 2 and 3 exist)";
 		return -EINVAL;
 	}
 	if (cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
 	    cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
-		*err = qcow2_table_err(qcow2_cluster_bits_errs,
-				       QCOW2_NELEM(qcow2_cluster_bits_errs),
-				       cluster_bits,
-				       "cluster_bits out of range 9..21");
+		*err = "cluster_bits out of range 9..21";
 		return -EINVAL;
 	}
 	return 0;
@@ -420,7 +288,7 @@ int qcow2_parse_header(const void *buf, size_t len, u64 image_size,
 
 	unknown = qi->incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
 	if (unknown) {
-		*err = qcow2_incompat_err(unknown);
+		*err = "unknown incompatible feature bits";
 		return -EOPNOTSUPP;
 	}
 
@@ -446,10 +314,7 @@ int qcow2_parse_header(const void *buf, size_t len, u64 image_size,
 	}
 
 	if (qi->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
-		*err = qcow2_table_err(qcow2_refcount_order_errs,
-				       QCOW2_NELEM(qcow2_refcount_order_errs),
-				       qi->refcount_order,
-				       "refcount_order out of range 0..6");
+		*err = "refcount_order out of range 0..6";
 		return -EINVAL;
 	}
 

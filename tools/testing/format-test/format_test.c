@@ -229,14 +229,14 @@ static const struct hcase header_cases[] = {
 
 	/* rejected */
 	{ "bad magic", .pk = { P4(0, 0x514649fa) }, .rc = -EINVAL, .msg = "bad magic" },
-	{ "version 1", .pk = { P4(4, 1) }, .rc = -EINVAL, .msg = "unsupported version 1" },
-	{ "version 4", .pk = { P4(4, 4) }, .rc = -EINVAL, .msg = "unsupported version 4" },
+	{ "version 1", .pk = { P4(4, 1) }, .rc = -EINVAL, .msg = "unsupported version" },
+	{ "version 4", .pk = { P4(4, 4) }, .rc = -EINVAL, .msg = "unsupported version" },
 	{ "version 0x10000", .pk = { P4(4, 0x10000) }, .rc = -EINVAL,
 	  .msg = "unsupported version" },
 	{ "cluster_bits 8", .pk = { P4(20, 8) }, .rc = -EINVAL,
-	  .msg = "cluster_bits 8 out of range 9..21" },
+	  .msg = "cluster_bits out of range 9..21" },
 	{ "cluster_bits 22", .pk = { P4(20, 22) }, .rc = -EINVAL,
-	  .msg = "cluster_bits 22 out of range 9..21" },
+	  .msg = "cluster_bits out of range 9..21" },
 	{ "cluster_bits 4096", .pk = { P4(20, 4096) }, .rc = -EINVAL,
 	  .msg = "out of range 9..21" },
 	{ "header_length 100", .pk = { P4(100, 100) }, .rc = -EINVAL,
@@ -250,9 +250,9 @@ static const struct hcase header_cases[] = {
 	{ "unknown crypt_method", .pk = { P4(32, 3) }, .rc = -EOPNOTSUPP,
 	  .msg = "encrypted images are not supported" },
 	{ "unknown incompatible bit 5", .pk = { P8(72, 0x20) }, .rc = -EOPNOTSUPP,
-	  .msg = "unknown incompatible feature bits 0x20" },
+	  .msg = "unknown incompatible feature bits" },
 	{ "unknown incompatible bit 63", .pk = { P8(72, 1ULL << 63) }, .rc = -EOPNOTSUPP,
-	  .msg = "unknown incompatible feature bits 0x8000000000000000" },
+	  .msg = "unknown incompatible feature bits" },
 	{ "several unknown incompatible bits", .pk = { P8(72, 0x60) }, .rc = -EOPNOTSUPP,
 	  .msg = "unknown incompatible feature bits" },
 	{ "compression_type 1 without bit 3", .pk = { P1(104, 1) }, .rc = -EINVAL,
@@ -264,7 +264,7 @@ static const struct hcase header_cases[] = {
 	{ "extended L2 with 8k clusters", .cb = 13, .pk = { P8(72, 16) }, .rc = -EINVAL,
 	  .msg = "extended L2 entries need cluster_bits >= 14" },
 	{ "refcount_order 7", .pk = { P4(96, 7) }, .rc = -EINVAL,
-	  .msg = "refcount_order 7 out of range 0..6" },
+	  .msg = "refcount_order out of range 0..6" },
 	{ "refcount_order 1000", .pk = { P4(96, 1000) }, .rc = -EINVAL,
 	  .msg = "refcount_order out of range 0..6" },
 	{ "raw data file bit without data file", .pk = { P8(88, 2) }, .rc = -EINVAL,
@@ -528,13 +528,13 @@ static void test_peek(void)
 	ok(qcow2_peek_cluster_bits(b, 512, &cb, &err) == 0 && cb == 21, "peek: cluster_bits 21");
 	put32(b, 20, 22);
 	ok(qcow2_peek_cluster_bits(b, 512, &cb, &err) == -EINVAL &&
-	   contains(err, "cluster_bits 22 out of range 9..21"), "peek: cluster_bits 22");
+	   contains(err, "cluster_bits out of range 9..21"), "peek: cluster_bits 22");
 	put32(b, 20, 16);
 	put32(b, 4, 2);
 	ok(qcow2_peek_cluster_bits(b, 512, &cb, &err) == 0 && cb == 16, "peek: v2");
 	put32(b, 4, 4);
 	ok(qcow2_peek_cluster_bits(b, 512, &cb, &err) == -EINVAL &&
-	   contains(err, "unsupported version 4"), "peek: version 4");
+	   contains(err, "unsupported version"), "peek: version 4");
 	put32(b, 4, 3);
 	put32(b, 0, 0x7f454c46);
 	ok(qcow2_peek_cluster_bits(b, 512, &cb, &err) == -EINVAL && contains(err, "bad magic"),
