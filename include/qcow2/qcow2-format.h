@@ -297,4 +297,28 @@ static inline void qcow2_l2_entry_load(const struct qcow2_info *qi,
 	l2e->bitmap = qi->extended_l2 ? be64_to_cpu(p[1]) : 0;
 }
 
+/*
+ * Store an L2 entry (and bitmap) into an L2 table or slice.  Readers may look
+ * at the entry concurrently without locks: the word that makes the new state
+ * valid is stored last.
+ */
+static inline void qcow2_l2_entry_store(const struct qcow2_info *qi, void *table,
+					unsigned int idx,
+					const struct qcow2_l2_entry *l2e)
+{
+	__be64 *p = (__be64 *)table + ((size_t)idx << (qi->l2_entry_shift - 3));
+
+	if (qi->extended_l2 && (l2e->entry & QCOW2_L2E_OFFSET_MASK)) {
+		/* Allocating: the host offset first, then what uses it. */
+		p[0] = cpu_to_be64(l2e->entry);
+		p[1] = cpu_to_be64(l2e->bitmap);
+	} else if (qi->extended_l2) {
+		/* Dropping the host offset: stop using it first. */
+		p[1] = cpu_to_be64(l2e->bitmap);
+		p[0] = cpu_to_be64(l2e->entry);
+	} else {
+		p[0] = cpu_to_be64(l2e->entry);
+	}
+}
+
 #endif /* _QCOW2_FORMAT_H */

@@ -23,14 +23,17 @@
 enum {
 	QCOW2_SLICE_LOADING,	/* read in progress */
 	QCOW2_SLICE_ERROR,	/* read failed: unhashed, freed on last put */
+	QCOW2_SLICE_DIRTY,	/* modified: on cache->dirty, not evictable */
 };
 
 struct qcow2_slice {
 	struct hlist_node hash;
-	struct list_head lru;	/* on cache->lru when unpinned */
+	struct list_head lru;	/* on cache->lru when unpinned and clean,
+				 * on cache->dirty when dirty */
 	struct qcow2_layer *layer;
 	u64 offset;		/* byte offset of the slice on the layer's device */
 	unsigned int pins;
+	unsigned int group;	/* writeback group while dirty */
 	unsigned long flags;
 	struct page *page;
 };
@@ -39,11 +42,14 @@ struct qcow2_cache {
 	struct qcow2_target *qt;
 	spinlock_t lock;
 	wait_queue_head_t wait;
-	struct list_head lru;	/* unpinned slices, most recently used first */
+	struct list_head lru;	/* clean unpinned slices, most recently used first */
+	struct list_head dirty;	/* dirty slices, pinned or not */
 	struct hlist_head *buckets;
 	unsigned int hash_bits;
 	unsigned int slots;	/* bound */
 	unsigned int used;	/* slices allocated */
+	unsigned int nr_dirty;
+	unsigned int reserved;	/* dirty slices promised to metadata updates */
 	u64 hits;
 	u64 misses;
 	u64 reads;
@@ -90,6 +96,7 @@ struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes)
 	spin_lock_init(&c->lock);
 	init_waitqueue_head(&c->wait);
 	INIT_LIST_HEAD(&c->lru);
+	INIT_LIST_HEAD(&c->dirty);
 	return c;
 }
 
@@ -108,11 +115,13 @@ void qcow2_cache_destroy(struct qcow2_cache *c)
 	/* No I/O is in flight at destruction: every slice is unpinned. */
 	list_for_each_entry_safe(s, tmp, &c->lru, lru)
 		qcow2_slice_free(s);
+	list_for_each_entry_safe(s, tmp, &c->dirty, lru)
+		qcow2_slice_free(s);
 	kvfree(c->buckets);
 	kfree(c);
 }
 
-const void *qcow2_slice_data(const struct qcow2_slice *s)
+void *qcow2_slice_data(const struct qcow2_slice *s)
 {
 	return page_address(s->page);
 }
@@ -125,6 +134,7 @@ void qcow2_cache_get_stats(struct qcow2_cache *c, struct qcow2_cache_stats *st)
 	st->reads = c->reads;
 	st->used = c->used;
 	st->slots = c->slots;
+	st->dirty = c->nr_dirty;
 	spin_unlock(&c->lock);
 }
 
@@ -200,7 +210,7 @@ again:
 			}
 			return s;
 		}
-		if (!s->pins++)
+		if (!s->pins++ && !test_bit(QCOW2_SLICE_DIRTY, &s->flags))
 			list_del_init(&s->lru);
 		c->hits++;
 		spin_unlock(&c->lock);
@@ -261,7 +271,7 @@ void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
 		if (test_bit(QCOW2_SLICE_ERROR, &s->flags)) {
 			c->used--;
 			free = true;
-		} else {
+		} else if (!test_bit(QCOW2_SLICE_DIRTY, &s->flags)) {
 			list_add(&s->lru, &c->lru);
 		}
 		wake = wq_has_sleeper(&c->wait);
@@ -271,4 +281,158 @@ void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
 		qcow2_slice_free(s);
 	if (wake)
 		wake_up_all(&c->wait);
+}
+
+/*
+ * Return the slice at @offset pinned and zero-filled, without reading it:
+ * for metadata clusters just allocated (their on-disk content is garbage).
+ */
+struct qcow2_slice *qcow2_slice_get_new(struct qcow2_cache *c,
+					struct qcow2_layer *layer, u64 offset)
+{
+	struct qcow2_slice *s;
+
+	spin_lock(&c->lock);
+again:
+	s = qcow2_lookup(c, layer, offset);
+	if (s) {
+		/* A stale copy of freed metadata: nobody else can be using it. */
+		if (!s->pins++ && !test_bit(QCOW2_SLICE_DIRTY, &s->flags))
+			list_del_init(&s->lru);
+		spin_unlock(&c->lock);
+		memset(page_address(s->page), 0, PAGE_SIZE);
+		return s;
+	}
+	s = qcow2_slice_take(c);
+	if (!s) {
+		spin_unlock(&c->lock);
+		wait_event(c->wait, !list_empty(&c->lru) || c->used < c->slots);
+		spin_lock(&c->lock);
+		goto again;
+	}
+	if (qcow2_lookup(c, layer, offset)) {
+		list_add_tail(&s->lru, &c->lru);
+		goto again;
+	}
+	s->layer = layer;
+	s->offset = offset;
+	s->pins = 1;
+	s->flags = 0;
+	hlist_add_head(&s->hash, qcow2_bucket(c, layer, offset));
+	spin_unlock(&c->lock);
+	memset(page_address(s->page), 0, PAGE_SIZE);
+	return s;
+}
+
+/*
+ * Mark a pinned slice dirty for writeback group @group (lower groups are
+ * written first at commit).  Dirty slices are not evicted.
+ */
+void qcow2_slice_mark_dirty(struct qcow2_cache *c, struct qcow2_slice *s,
+			    unsigned int group)
+{
+	spin_lock(&c->lock);
+	if (!test_and_set_bit(QCOW2_SLICE_DIRTY, &s->flags)) {
+		s->group = group;
+		list_add_tail(&s->lru, &c->dirty);
+		c->nr_dirty++;
+	} else {
+		s->group = min(s->group, group);
+	}
+	spin_unlock(&c->lock);
+}
+
+/*
+ * Reserve room for @n more dirty slices before a metadata update, so that the
+ * cache never fills with dirty slices in the middle of one.  Returns false
+ * (reserving nothing) when a commit is needed first.
+ */
+bool qcow2_cache_reserve(struct qcow2_cache *c, unsigned int n)
+{
+	bool ok;
+
+	spin_lock(&c->lock);
+	ok = c->nr_dirty + c->reserved + n <= c->slots / 2;
+	if (ok)
+		c->reserved += n;
+	spin_unlock(&c->lock);
+	return ok;
+}
+
+void qcow2_cache_unreserve(struct qcow2_cache *c, unsigned int n)
+{
+	spin_lock(&c->lock);
+	c->reserved -= n;
+	spin_unlock(&c->lock);
+}
+
+bool qcow2_cache_has_dirty(struct qcow2_cache *c)
+{
+	return READ_ONCE(c->nr_dirty) != 0;
+}
+
+/*
+ * Drop every cached slice of @layer in [@offset, @offset + @len): the
+ * metadata there was freed.  Dirty copies are discarded.
+ */
+void qcow2_cache_invalidate(struct qcow2_cache *c, struct qcow2_layer *layer,
+			    u64 offset, u64 len)
+{
+	u64 step = 1ULL << layer->slice_bits;
+	struct qcow2_slice *s;
+	u64 off;
+
+	spin_lock(&c->lock);
+	for (off = offset; off < offset + len; off += step) {
+		s = qcow2_lookup(c, layer, off);
+		if (!s || s->pins)
+			continue;
+		hash_del(&s->hash);
+		list_del_init(&s->lru);
+		if (test_and_clear_bit(QCOW2_SLICE_DIRTY, &s->flags))
+			c->nr_dirty--;
+		c->used--;
+		qcow2_slice_free(s);
+	}
+	spin_unlock(&c->lock);
+}
+
+/*
+ * Write back every dirty slice of groups <= @group.  The caller excludes
+ * concurrent modification.  Returns the number of slices written or the
+ * first error; failed slices stay dirty.
+ */
+int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
+{
+	struct qcow2_slice *s, *tmp;
+	LIST_HEAD(batch);
+	int r, err = 0, n = 0;
+
+	spin_lock(&c->lock);
+	list_for_each_entry_safe(s, tmp, &c->dirty, lru) {
+		if (s->group > group)
+			continue;
+		s->pins++;
+		list_move_tail(&s->lru, &batch);
+	}
+	spin_unlock(&c->lock);
+
+	list_for_each_entry_safe(s, tmp, &batch, lru) {
+		r = qcow2_write_bytes(c->qt, s->layer, s->offset,
+				      page_address(s->page),
+				      1U << s->layer->slice_bits);
+		spin_lock(&c->lock);
+		if (r) {
+			err = err ?: r;
+			list_move_tail(&s->lru, &c->dirty);
+		} else {
+			clear_bit(QCOW2_SLICE_DIRTY, &s->flags);
+			c->nr_dirty--;
+			list_del_init(&s->lru);
+			n++;
+		}
+		spin_unlock(&c->lock);
+		qcow2_slice_put(c, s);
+	}
+	return err ?: n;
 }

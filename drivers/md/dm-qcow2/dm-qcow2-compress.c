@@ -219,62 +219,97 @@ static void qcow2_copy_to_bio(struct bio *bio, const u8 *src)
 }
 
 /*
+ * Get a context holding the decompressed cluster described by L2 entry
+ * @entry of @layer.  Release it with qcow2_dctx_put().
+ */
+static struct qcow2_dctx *qcow2_dctx_cluster(struct qcow2_target *qt,
+					     struct qcow2_layer *layer,
+					     u64 entry, int *err)
+{
+	const struct qcow2_info *qi = &layer->qi;
+	struct qcow2_compressed c;
+	struct qcow2_dctx *ctx;
+	const char *why;
+	u64 start;
+	size_t len;
+	int r;
+
+	r = qcow2_decode_compressed(qi, entry, layer->dev_size, &c, &why);
+	if (r) {
+		DMERR_LIMIT("%s: layer %u: compressed cluster: %s",
+			    qcow2_dev_name(qt), layer->idx, why);
+		*err = r;
+		return NULL;
+	}
+	ctx = qcow2_dctx_get(qt->dpool, layer, entry);
+	if (!ctx) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	if (ctx->layer == layer && ctx->entry == entry)
+		return ctx;
+
+	ctx->layer = NULL;
+	start = c.offset & ~(u64)(SECTOR_SIZE - 1);
+	len = c.nb_sectors << SECTOR_SHIFT;
+	r = len > 2 * ctx->out_size ? -EIO : qcow2_read_bytes(qt, layer, start, ctx->in, len);
+	if (!r) {
+		len -= c.offset - start;
+		if (qi->compression_type == QCOW2_COMPRESSION_ZSTD)
+			r = qcow2_unzstd(ctx, qcow2_zstd_window(qt->dpool),
+					 ctx->in + (c.offset - start), len,
+					 qi->cluster_size);
+		else
+			r = qcow2_inflate(ctx, ctx->in + (c.offset - start), len,
+					  qi->cluster_size);
+		if (r)
+			DMERR_LIMIT("%s: layer %u: compressed cluster at %llu does not decompress",
+				    qcow2_dev_name(qt), layer->idx, c.offset);
+	}
+	if (r) {
+		qcow2_dctx_put(qt->dpool, ctx);
+		*err = r;
+		return NULL;
+	}
+	ctx->layer = layer;
+	ctx->entry = entry;
+	return ctx;
+}
+
+/*
  * Fill @bio with the bytes at @offset_in_cluster of the compressed cluster
  * described by L2 entry @entry of @layer.
  */
 int qcow2_read_compressed(struct qcow2_target *qt, struct qcow2_layer *layer,
 			  u64 entry, u64 offset_in_cluster, struct bio *bio)
 {
-	const struct qcow2_info *qi = &layer->qi;
-	struct qcow2_compressed c;
 	struct qcow2_dctx *ctx;
-	const char *err;
-	u64 start;
-	size_t len;
-	int r;
+	int r = 0;
 
-	r = qcow2_decode_compressed(qi, entry, layer->dev_size, &c, &err);
-	if (r) {
-		DMERR_LIMIT("%s: layer %u: compressed cluster: %s",
-			    qcow2_dev_name(qt), layer->idx, err);
-		return r;
-	}
-	if (offset_in_cluster + bio->bi_iter.bi_size > qi->cluster_size)
+	if (offset_in_cluster + bio->bi_iter.bi_size > layer->qi.cluster_size)
 		return -EIO;
-
-	ctx = qcow2_dctx_get(qt->dpool, layer, entry);
+	ctx = qcow2_dctx_cluster(qt, layer, entry, &r);
 	if (!ctx)
-		return -ENOMEM;
-	if (ctx->layer == layer && ctx->entry == entry)
-		goto copy;
-
-	ctx->layer = NULL;
-	start = c.offset & ~(u64)(SECTOR_SIZE - 1);
-	len = c.nb_sectors << SECTOR_SHIFT;
-	if (len > 2 * ctx->out_size) {
-		r = -EIO;
-		goto out;
-	}
-	r = qcow2_read_bytes(qt, layer, start, ctx->in, len);
-	if (r)
-		goto out;
-	len -= c.offset - start;
-	if (qi->compression_type == QCOW2_COMPRESSION_ZSTD)
-		r = qcow2_unzstd(ctx, qcow2_zstd_window(qt->dpool),
-				 ctx->in + (c.offset - start), len, qi->cluster_size);
-	else
-		r = qcow2_inflate(ctx, ctx->in + (c.offset - start), len,
-				  qi->cluster_size);
-	if (r) {
-		DMERR_LIMIT("%s: layer %u: compressed cluster at %llu does not decompress",
-			    qcow2_dev_name(qt), layer->idx, c.offset);
-		goto out;
-	}
-	ctx->layer = layer;
-	ctx->entry = entry;
-copy:
+		return r;
 	qcow2_copy_to_bio(bio, ctx->out + offset_in_cluster);
-out:
 	qcow2_dctx_put(qt->dpool, ctx);
-	return r;
+	return 0;
+}
+
+/* The same into a buffer (copy-on-write of a compressed cluster). */
+int qcow2_decompress_to_buf(struct qcow2_target *qt, struct qcow2_layer *layer,
+			    u64 entry, u64 offset_in_cluster, void *buf,
+			    size_t len)
+{
+	struct qcow2_dctx *ctx;
+	int r = 0;
+
+	if (offset_in_cluster + len > layer->qi.cluster_size)
+		return -EIO;
+	ctx = qcow2_dctx_cluster(qt, layer, entry, &r);
+	if (!ctx)
+		return r;
+	memcpy(buf, ctx->out + offset_in_cluster, len);
+	qcow2_dctx_put(qt->dpool, ctx);
+	return 0;
 }

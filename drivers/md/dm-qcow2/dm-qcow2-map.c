@@ -18,24 +18,6 @@
 
 #include "dm-qcow2.h"
 
-enum qcow2_run_type {
-	QCOW2_RUN_UNALLOCATED,	/* internal: look in the next layer */
-	QCOW2_RUN_ZERO,
-	QCOW2_RUN_DATA,
-	QCOW2_RUN_COMPRESSED,
-	QCOW2_RUN_ERROR,
-};
-
-struct qcow2_run {
-	enum qcow2_run_type type;
-	u64 len;			/* bytes */
-	struct qcow2_layer *layer;	/* DATA, COMPRESSED */
-	u64 host;			/* DATA: host byte offset */
-	u64 entry;			/* COMPRESSED: L2 entry */
-	u64 offset_in_cluster;		/* COMPRESSED */
-	const char *err;		/* ERROR: why */
-};
-
 static void qcow2_run_error(struct qcow2_layer *layer, u64 guest,
 			    const char *what, struct qcow2_run *run)
 {
@@ -195,14 +177,17 @@ static int qcow2_layer_resolve(struct qcow2_layer *layer, u64 guest, u64 len,
 	return 0;
 }
 
-/* Resolve the first run of guest range [@guest, @guest + @len) through the chain. */
-static int qcow2_resolve(struct qcow2_target *qt, u64 guest, u64 len,
-			 bool nowait, struct qcow2_run *run)
+/*
+ * Resolve the first run of guest range [@guest, @guest + @len) through the
+ * chain, starting at layer @first.
+ */
+int qcow2_resolve(struct qcow2_target *qt, unsigned int first, u64 guest,
+		  u64 len, bool nowait, struct qcow2_run *run)
 {
 	unsigned int k;
 	int r;
 
-	for (k = 0; k < qt->nr_layers; k++) {
+	for (k = first; k < qt->nr_layers; k++) {
 		struct qcow2_layer *layer = &qt->layers[k];
 
 		/* Beyond a layer's size, it and everything below read as zeros. */
@@ -283,7 +268,13 @@ static void qcow2_process_read(struct qcow2_target *qt, struct bio *bio)
 		struct bio *clone;
 
 		/* Blocking resolution cannot return -EWOULDBLOCK. */
-		qcow2_resolve(qt, guest + done, len - done, false, &run);
+		qcow2_resolve(qt, 0, guest + done, len - done, false, &run);
+		if (run.type == QCOW2_RUN_ERROR && qt->reftable) {
+			/* Confirm against concurrent entry updates before failing. */
+			mutex_lock(&qt->meta_lock);
+			qcow2_resolve(qt, 0, guest + done, len - done, false, &run);
+			mutex_unlock(&qt->meta_lock);
+		}
 		if (!done && run.len == len) {
 			qcow2_dispatch(qt, bio, &run, true);
 			return;
@@ -306,10 +297,103 @@ void qcow2_bio_work(struct work_struct *work)
 {
 	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
 	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
+	struct qcow2_target *qt = qb->qt;
 	unsigned int noio = memalloc_noio_save();
 
-	qcow2_process_read(qb->qt, bio);
+	if (op_is_flush(bio->bi_opf) && !bio_sectors(bio)) {
+		bio->bi_status = errno_to_blk_status(qcow2_commit(qt));
+		bio_endio(bio);
+	} else if (bio_op(bio) == REQ_OP_READ) {
+		qcow2_process_read(qt, bio);
+	} else {
+		bio->bi_status = qcow2_process_write(qt, bio);
+		bio_endio(bio);
+	}
 	memalloc_noio_restore(noio);
+}
+
+/*
+ * Count a bio of a writable target in the current generation: a freed host
+ * cluster is reused only after every bio that might have been mapped to it
+ * has completed (qcow2_drain_inflight()).
+ */
+static void qcow2_inflight_get(struct qcow2_target *qt, struct qcow2_bio *qb)
+{
+	unsigned int g;
+
+	for (;;) {
+		g = READ_ONCE(qt->inflight_gen);
+		atomic_inc(&qt->inflight[g]);
+		smp_mb__after_atomic();
+		if (READ_ONCE(qt->inflight_gen) == g)
+			break;
+		if (atomic_dec_and_test(&qt->inflight[g]))
+			wake_up(&qt->inflight_wait);
+	}
+	qb->gen = g;
+	qb->counted = true;
+}
+
+int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error)
+{
+	struct qcow2_target *qt = ti->private;
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
+
+	if (qb->counted && atomic_dec_and_test(&qt->inflight[qb->gen]))
+		wake_up(&qt->inflight_wait);
+	qb->counted = false;
+	return DM_ENDIO_DONE;
+}
+
+/*
+ * A write that needs no metadata change: into allocated subclusters of a
+ * cluster of our own (COPIED).  Returns true with *@host and *@len set.
+ */
+static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
+				 u64 *host, u64 *run)
+{
+	struct qcow2_layer *top = &qt->layers[0];
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits;
+	u64 l1_idx = guest >> (cb + qi->l2_bits);
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	u64 in_cluster = guest & (qi->cluster_size - 1);
+	unsigned int sc, sc_last;
+	struct qcow2_l2_entry l2e;
+	struct qcow2_slice *s;
+	const char *err;
+	u64 l1e, l2_idx;
+	s64 l2, h;
+
+	if (guest >= top->size || l1_idx >= top->l1_size)
+		return false;
+	l1e = READ_ONCE(top->l1[l1_idx]);
+	if (!(l1e & QCOW2_OFLAG_COPIED))
+		return false;
+	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
+	if (l2 <= 0)
+		return false;
+	l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
+	s = qcow2_slice_get(qt->cache, top,
+			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
+	if (IS_ERR(s))
+		return false;
+	qcow2_l2_entry_load(qi, qcow2_slice_data(s),
+			    l2_idx & ((1U << slice_entries_bits) - 1), &l2e);
+	qcow2_slice_put(qt->cache, s);
+
+	*run = min(len, qi->cluster_size - in_cluster);
+	sc_last = (in_cluster + *run - 1) >> qi->subcluster_bits;
+	if (!(l2e.entry & QCOW2_OFLAG_COPIED))
+		return false;
+	for (sc = in_cluster >> qi->subcluster_bits; sc <= sc_last; sc++)
+		if (qcow2_l2_type(qi, &l2e, sc, &err) != QCOW2_CL_NORMAL)
+			return false;
+	h = qcow2_l2_host_offset(qi, &l2e, top->dev_size, &err);
+	if (h < 0 || h + qi->cluster_size > top->dev_size)
+		return false;
+	*host = h + in_cluster;
+	return true;
 }
 
 static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
@@ -321,26 +405,61 @@ static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
 	queue_work(qt->wq, &qb->work);
 }
 
+static int qcow2_map_write(struct qcow2_target *qt, struct bio *bio)
+{
+	u64 guest = (u64)dm_target_offset(qt->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	u64 len = bio->bi_iter.bi_size;
+	u64 host, run;
+
+	if (READ_ONCE(qt->mode) != QCOW2_MODE_RW)
+		return DM_MAPIO_KILL;
+	/* FUA needs the mapping durable too: the worker commits after it. */
+	if (bio_op(bio) != REQ_OP_WRITE || (bio->bi_opf & REQ_FUA) ||
+	    !qcow2_write_in_place(qt, guest, len, &host, &run)) {
+		qcow2_defer(qt, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	if (run < len)
+		dm_accept_partial_bio(bio, run >> SECTOR_SHIFT);
+	bio_set_dev(bio, qt->layers[0].dev->bdev);
+	bio->bi_iter.bi_sector = host >> SECTOR_SHIFT;
+	return DM_MAPIO_REMAPPED;
+}
+
 int qcow2_map(struct dm_target *ti, struct bio *bio)
 {
 	struct qcow2_target *qt = ti->private;
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
 	struct qcow2_run run;
 	u64 guest, len;
 
+	qb->counted = false;
+	if (qt->reftable)
+		qcow2_inflight_get(qt, qb);
+
 	if (unlikely(op_is_flush(bio->bi_opf) && !bio_sectors(bio))) {
+		if (qt->reftable) {
+			/* Commit metadata, then the device's cache. */
+			qcow2_defer(qt, bio);
+			return DM_MAPIO_SUBMITTED;
+		}
 		/* Nothing of ours is volatile while read-only: pass the flush down. */
 		bio_set_dev(bio, qt->layers[0].dev->bdev);
 		return DM_MAPIO_REMAPPED;
 	}
-	if (unlikely(bio_op(bio) != REQ_OP_READ))
+	if (unlikely(READ_ONCE(qt->mode) == QCOW2_MODE_FAIL))
 		return DM_MAPIO_KILL;
-	if (unlikely(qt->mode == QCOW2_MODE_FAIL))
-		return DM_MAPIO_KILL;
+	if (bio_op(bio) != REQ_OP_READ) {
+		if (!qt->reftable)
+			return DM_MAPIO_KILL;
+		return qcow2_map_write(qt, bio);
+	}
 
 	guest = (u64)dm_target_offset(ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
 	len = bio->bi_iter.bi_size;
-	if (qcow2_resolve(qt, guest, len, true, &run) ||
-	    run.type == QCOW2_RUN_COMPRESSED) {
+	if (qcow2_resolve(qt, 0, guest, len, true, &run) ||
+	    run.type == QCOW2_RUN_COMPRESSED ||
+	    (run.type == QCOW2_RUN_ERROR && qt->reftable)) {
 		qcow2_defer(qt, bio);
 		return DM_MAPIO_SUBMITTED;
 	}

@@ -65,6 +65,40 @@ int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
 	return r;
 }
 
+/*
+ * Synchronous write of @len bytes (sector multiple) at byte @offset (sector
+ * aligned) of @layer's device from @buf (kmalloc'ed, vmalloc'ed or a page).
+ */
+int qcow2_write_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
+		      u64 offset, const void *buf, size_t len)
+{
+	struct dm_io_region where = {
+		.bdev = layer->dev->bdev,
+		.sector = offset >> SECTOR_SHIFT,
+		.count = len >> SECTOR_SHIFT,
+	};
+	struct dm_io_request req = {
+		.bi_opf = REQ_OP_WRITE | REQ_SYNC | REQ_META,
+		.client = qt->io_client,
+	};
+	int r;
+
+	if ((offset | len) & (SECTOR_SIZE - 1))
+		return -EINVAL;
+	if (is_vmalloc_addr(buf)) {
+		req.mem.type = DM_IO_VMA;
+		req.mem.ptr.vma = (void *)buf;
+	} else {
+		req.mem.type = DM_IO_KMEM;
+		req.mem.ptr.addr = (void *)buf;
+	}
+	r = qcow2_dm_io(&req, &where);
+	if (r)
+		DMERR_LIMIT("%s: write of %zu bytes at %llu failed: %d",
+			    qcow2_dev_name(qt), len, offset, r);
+	return r;
+}
+
 struct qcow2_args {
 	unsigned int nr_backing;
 	const char *backing_fmt[QCOW2_MAX_LAYERS];
@@ -347,6 +381,64 @@ out:
 	return r;
 }
 
+/* Prepare the top layer for writing: refcount table, dirty tracking, header. */
+static int qcow2_open_writable(struct qcow2_target *qt)
+{
+	struct dm_target *ti = qt->ti;
+	struct qcow2_layer *top = &qt->layers[0];
+	struct qcow2_info *qi = &top->qi;
+	u64 i, bytes;
+	int r;
+
+	if (qi->incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+		ti->error = "Image is marked corrupt: repair it with qemu-img check -r all, or map it read-only";
+		return -EUCLEAN;
+	}
+	if (qi->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+		ti->error = "Image is dirty (lazy refcounts not written back): repair it with qemu-img check -r all, or map it read-only";
+		return -EUCLEAN;
+	}
+	if (bdev_read_only(top->dev->bdev)) {
+		ti->error = "Image device is read-only";
+		return -EROFS;
+	}
+
+	bytes = (u64)qi->refcount_table_clusters << qi->cluster_bits;
+	qt->reftable_entries = bytes / sizeof(u64);
+	qt->reftable = kvmalloc(bytes, GFP_KERNEL);
+	qt->reftable_dirty = bitmap_zalloc(bytes >> SECTOR_SHIFT, GFP_KERNEL);
+	qt->l1_dirty = bitmap_zalloc(DIV_ROUND_UP((u64)top->l1_size * sizeof(u64),
+						  SECTOR_SIZE) ?: 1, GFP_KERNEL);
+	if (!qt->reftable || !qt->reftable_dirty || !qt->l1_dirty) {
+		ti->error = "Cannot allocate memory for the refcount table";
+		return -ENOMEM;
+	}
+	r = qcow2_read_bytes(qt, top, qi->refcount_table_offset, qt->reftable, bytes);
+	if (r) {
+		ti->error = "Cannot read the refcount table";
+		return r;
+	}
+	for (i = 0; i < qt->reftable_entries; i++)
+		qt->reftable[i] = be64_to_cpu((__force __be64)qt->reftable[i]);
+	qt->rb_bits = qi->cluster_bits + 3 - qi->refcount_order;
+	qt->discard_passdown = bdev_max_discard_sectors(top->dev->bdev) > 0;
+
+	/* We keep none of the autoclear features consistent: clear them first. */
+	if (qi->version >= 3 && qi->autoclear_features) {
+		__be64 zero = 0;
+
+		r = qcow2_write_header(qt, offsetof(struct qcow2_header, autoclear_features),
+				       &zero, sizeof(zero));
+		if (r) {
+			ti->error = "Cannot clear the autoclear feature bits";
+			return r;
+		}
+		qi->autoclear_features = 0;
+	}
+	qt->mode = QCOW2_MODE_RW;
+	return 0;
+}
+
 static void qcow2_dtr(struct dm_target *ti)
 {
 	struct qcow2_target *qt = ti->private;
@@ -354,6 +446,18 @@ static void qcow2_dtr(struct dm_target *ti)
 
 	if (qt->wq)
 		destroy_workqueue(qt->wq);
+	/* Normally postsuspend committed already; this is cheap then. */
+	if (qt->reftable && qt->cache && qt->mode == QCOW2_MODE_RW)
+		qcow2_commit(qt);
+	while (!list_empty(&qt->deferred)) {
+		struct list_head *d = qt->deferred.next;
+
+		list_del(d);
+		kfree(d);
+	}
+	kvfree(qt->reftable);
+	bitmap_free(qt->reftable_dirty);
+	bitmap_free(qt->l1_dirty);
 	qcow2_dpool_destroy(qt->dpool);
 	qcow2_cache_destroy(qt->cache);
 	bioset_exit(&qt->bs);
@@ -397,6 +501,15 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	qt->ti = ti;
 	ti->private = qt;
+	mutex_init(&qt->meta_lock);
+	init_rwsem(&qt->update_sem);
+	mutex_init(&qt->commit_mutex);
+	for (k = 0; k < ARRAY_SIZE(qt->cluster_locks); k++)
+		mutex_init(&qt->cluster_locks[k]);
+	INIT_LIST_HEAD(&qt->deferred);
+	init_waitqueue_head(&qt->inflight_wait);
+	atomic_set(&qt->inflight[0], 0);
+	atomic_set(&qt->inflight[1], 0);
 	atomic64_set(&qt->meta_reads, 0);
 	atomic64_set(&qt->io_errors, 0);
 
@@ -444,12 +557,12 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		}
 	}
 
-	if (dm_table_get_mode(ti->table) & QCOW2_MODE_WRITE) {
-		ti->error = "Writing is not supported yet: load the table read-only (dmsetup create --readonly)";
+	qt->mode = QCOW2_MODE_RO;
+	if ((dm_table_get_mode(ti->table) & QCOW2_MODE_WRITE) && a->snapshot) {
+		ti->error = "A snapshot is mapped read-only: load the table read-only";
 		r = -EROFS;
 		goto bad;
 	}
-	qt->mode = QCOW2_MODE_RO;
 
 	qt->io_client = dm_io_client_create();
 	if (IS_ERR(qt->io_client)) {
@@ -460,6 +573,11 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	for (k = 0; k < qt->nr_layers; k++) {
 		r = qcow2_open_layer(qt, &qt->layers[k], k ? NULL : a->snapshot);
+		if (r)
+			goto bad;
+	}
+	if (dm_table_get_mode(ti->table) & QCOW2_MODE_WRITE) {
+		r = qcow2_open_writable(qt);
 		if (r)
 			goto bad;
 	}
@@ -487,6 +605,12 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 
 	ti->per_io_data_size = sizeof(struct qcow2_bio);
 	ti->num_flush_bios = 1;
+	if (qt->reftable) {
+		ti->flush_supported = true;
+		ti->num_discard_bios = 1;
+		ti->discards_supported = true;
+		ti->num_write_zeroes_bios = 1;
+	}
 	kfree(a);
 	return 0;
 bad:
@@ -511,12 +635,16 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 	switch (type) {
 	case STATUSTYPE_INFO:
 		qcow2_cache_get_stats(qt->cache, &st);
-		DMEMIT("%s %llu %llu %u %u/%u %llu %llu %llu %llu %llu",
+		DMEMIT("%s %llu %llu %u %u/%u %llu %llu %llu %llu %llu %u",
 		       modes[qt->mode], qt->layers[0].size,
 		       qt->layers[0].qi.cluster_size, qt->nr_layers,
 		       st.used, st.slots, st.hits, st.misses,
 		       (u64)atomic64_read(&qt->meta_reads), qt->open_reads,
-		       (u64)atomic64_read(&qt->io_errors));
+		       (u64)atomic64_read(&qt->io_errors), st.dirty);
+		if (test_bit(QCOW2_FLAG_CORRUPT, &qt->flags))
+			DMEMIT(" corrupt");
+		if (test_bit(QCOW2_FLAG_NOSPACE, &qt->flags))
+			DMEMIT(" no_space");
 		break;
 	case STATUSTYPE_TABLE:
 		nr_opt = 3 * (qt->nr_layers - 1) + (qt->snapshot_id ? 2 : 0) +
@@ -554,13 +682,35 @@ static int qcow2_iterate_devices(struct dm_target *ti,
 	return r;
 }
 
+static void qcow2_postsuspend(struct dm_target *ti)
+{
+	struct qcow2_target *qt = ti->private;
+
+	/* Everything in flight has completed: write all metadata back. */
+	if (qt->reftable && qt->mode == QCOW2_MODE_RW)
+		qcow2_commit(qt);
+}
+
+static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
+{
+	struct qcow2_target *qt = ti->private;
+
+	if (!qt->reftable)
+		return;
+	limits->discard_granularity = qt->layers[0].qi.cluster_size;
+	qcow2_set_max_discard(limits, UINT_MAX >> SECTOR_SHIFT);
+}
+
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,
 	.map = qcow2_map,
+	.end_io = qcow2_end_io,
+	.postsuspend = qcow2_postsuspend,
+	.io_hints = qcow2_io_hints,
 	.status = qcow2_status,
 	.iterate_devices = qcow2_iterate_devices,
 };

@@ -14,6 +14,7 @@
 #include <linux/dm-io.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
+#include <linux/rwsem.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -26,6 +27,13 @@
 #define QCOW2_MAX_LAYERS		1024
 #define QCOW2_DEFAULT_CACHE_SIZE	(8ULL << 20)
 #define QCOW2_MIN_CACHE_SIZE		(16ULL << 10)
+#define QCOW2_CLUSTER_LOCK_BITS		8
+
+/* qcow2_target.flags */
+enum {
+	QCOW2_FLAG_CORRUPT,	/* corrupt bit set: no more writes */
+	QCOW2_FLAG_NOSPACE,	/* an allocation found the device full */
+};
 
 enum qcow2_layer_format {
 	QCOW2_FMT_QCOW2,
@@ -76,6 +84,29 @@ struct qcow2_target {
 	struct workqueue_struct *wq;
 	struct bio_set bs;
 
+	unsigned long flags;
+
+	/* Write path (dm-qcow2-write.c); only the top layer is written. */
+	struct mutex meta_lock;		/* tables, refcounts, allocator */
+	struct rw_semaphore update_sem;	/* updates (read) vs commit (write) */
+	struct mutex commit_mutex;
+	u64 commits_started;
+	int commit_error;
+	struct mutex cluster_locks[1 << QCOW2_CLUSTER_LOCK_BITS];
+	u64 *reftable;			/* refcount table, CPU order */
+	u64 reftable_entries;
+	unsigned long *reftable_dirty;	/* one bit per sector */
+	unsigned long *l1_dirty;	/* one bit per sector of the L1 table */
+	u32 rb_bits;			/* log2 refcount entries per block */
+	u64 free_hint;			/* first host cluster that may be free */
+	struct list_head deferred;	/* frees waiting for the next commit */
+	unsigned int nr_deferred;
+	bool discard_passdown;
+	/* bios in flight per generation: freed clusters wait for the old one */
+	atomic_t inflight[2];
+	unsigned int inflight_gen;
+	wait_queue_head_t inflight_wait;
+
 	atomic64_t meta_reads;	/* synchronous metadata reads issued */
 	u64 open_reads;		/* ... of which while opening the image */
 	atomic64_t io_errors;	/* bios failed because of bad metadata or I/O */
@@ -85,11 +116,15 @@ struct qcow2_target {
 struct qcow2_bio {
 	struct work_struct work;
 	struct qcow2_target *qt;
+	unsigned int gen;	/* inflight generation, when counted */
+	bool counted;
 };
 
 /* dm-qcow2-target.c */
 int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
 		     u64 offset, void *buf, size_t len);
+int qcow2_write_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
+		      u64 offset, const void *buf, size_t len);
 
 /* dm-qcow2-cache.c: a bounded, slice-granular metadata cache */
 struct qcow2_slice;
@@ -100,6 +135,7 @@ struct qcow2_cache_stats {
 	u64 reads;
 	unsigned int used;
 	unsigned int slots;
+	unsigned int dirty;
 };
 
 struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes);
@@ -108,19 +144,63 @@ struct qcow2_slice *qcow2_slice_get(struct qcow2_cache *cache,
 				    struct qcow2_layer *layer, u64 offset,
 				    bool nowait);
 void qcow2_slice_put(struct qcow2_cache *cache, struct qcow2_slice *s);
-const void *qcow2_slice_data(const struct qcow2_slice *s);
+void *qcow2_slice_data(const struct qcow2_slice *s);
+struct qcow2_slice *qcow2_slice_get_new(struct qcow2_cache *cache,
+					struct qcow2_layer *layer, u64 offset);
+void qcow2_slice_mark_dirty(struct qcow2_cache *cache, struct qcow2_slice *s,
+			    unsigned int group);
+bool qcow2_cache_reserve(struct qcow2_cache *cache, unsigned int n);
+void qcow2_cache_unreserve(struct qcow2_cache *cache, unsigned int n);
+bool qcow2_cache_has_dirty(struct qcow2_cache *cache);
+void qcow2_cache_invalidate(struct qcow2_cache *cache, struct qcow2_layer *layer,
+			    u64 offset, u64 len);
+int qcow2_cache_writeback(struct qcow2_cache *cache, unsigned int group);
 void qcow2_cache_get_stats(struct qcow2_cache *cache,
 			   struct qcow2_cache_stats *st);
 
 /* dm-qcow2-map.c: the I/O path */
+enum qcow2_run_type {
+	QCOW2_RUN_UNALLOCATED,	/* internal: look in the next layer */
+	QCOW2_RUN_ZERO,
+	QCOW2_RUN_DATA,
+	QCOW2_RUN_COMPRESSED,
+	QCOW2_RUN_ERROR,
+};
+
+struct qcow2_run {
+	enum qcow2_run_type type;
+	u64 len;			/* bytes */
+	struct qcow2_layer *layer;	/* DATA, COMPRESSED */
+	u64 host;			/* DATA: host byte offset */
+	u64 entry;			/* COMPRESSED: L2 entry */
+	u64 offset_in_cluster;		/* COMPRESSED */
+	const char *err;		/* ERROR: why */
+};
+
+int qcow2_resolve(struct qcow2_target *qt, unsigned int first, u64 guest,
+		  u64 len, bool nowait, struct qcow2_run *run);
 int qcow2_map(struct dm_target *ti, struct bio *bio);
 void qcow2_bio_work(struct work_struct *work);
+
+int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error);
+
+/* dm-qcow2-write.c: allocation, refcounts, COW, discard, commit */
+void qcow2_set_mode(struct qcow2_target *qt, enum qcow2_mode mode,
+		    const char *why);
+void qcow2_corrupt(struct qcow2_target *qt, const char *why);
+int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
+		       const void *val, unsigned int len);
+int qcow2_commit(struct qcow2_target *qt);
+blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio);
 
 /* dm-qcow2-compress.c: compressed clusters */
 struct qcow2_dpool *qcow2_dpool_create(struct qcow2_target *qt);
 void qcow2_dpool_destroy(struct qcow2_dpool *pool);
 int qcow2_read_compressed(struct qcow2_target *qt, struct qcow2_layer *layer,
 			  u64 entry, u64 offset_in_cluster, struct bio *bio);
+int qcow2_decompress_to_buf(struct qcow2_target *qt, struct qcow2_layer *layer,
+			    u64 entry, u64 offset_in_cluster, void *buf,
+			    size_t len);
 
 /* ti->error is not const-qualified; messages from the format code are. */
 static inline void qcow2_ti_error(struct dm_target *ti, const char *msg)

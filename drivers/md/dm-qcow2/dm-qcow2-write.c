@@ -1,0 +1,1044 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-qcow2 write path: cluster allocation, refcounts, copy-on-write,
+ * discard and write-zeroes, and the metadata commit that flush and FUA wait
+ * for.
+ *
+ * Only the top layer is written.  Metadata lives in memory between commits:
+ * L2 and refcount-block slices in the metadata cache, the L1 and refcount
+ * tables in arrays with a dirty bit per sector.  A commit makes it durable
+ * in dependency order, so that a crash at any point leaves an image QEMU
+ * accepts (at worst with leaked clusters):
+ *
+ *   1. refcount blocks (increments)                    FLUSH
+ *      (data of new clusters, new L2 tables and refcount blocks were written
+ *       before the commit started, so this flush covers them too)
+ *   2. refcount table entries for new refcount blocks  FLUSH (only if any)
+ *   3. L2 slices and L1 sectors                         FLUSH
+ *   4. refcount decrements of clusters whose last reference was removed in
+ *      step 3; they reach the disk with the next commit.  A freed cluster is
+ *      discarded on the device and reused only after I/O that may still use
+ *      it has drained.
+ *
+ * So a reference is never durable before the refcount that covers it, data
+ * never before the L2 entry that points to it, an L2 table never before its
+ * L1 entry.  One commit serves every flush that arrived before it started
+ * (group commit).
+ *
+ * Locking: a guest cluster is modified under its cluster lock (hashed
+ * mutexes); metadata state (tables, cache contents, allocator) under
+ * meta_lock, never held across data I/O; updates hold update_sem for read
+ * from their first metadata change to their last, and a commit holds it for
+ * write, so it never sees a cluster allocated but not yet mapped.
+ */
+#include <linux/blkdev.h>
+#include <linux/hash.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "dm-qcow2.h"
+
+/* Writeback groups of the metadata cache, in commit order. */
+#define QCOW2_GROUP_REFCOUNT	0
+#define QCOW2_GROUP_MAPPING	1
+
+/* Dirty slices one cluster update may add (L2, refblocks, new tables). */
+#define QCOW2_UPDATE_SLICES	6
+/* Commit when this many freed ranges wait for their decrement. */
+#define QCOW2_MAX_DEFERRED	4096
+
+struct qcow2_deferred {
+	struct list_head list;
+	u64 offset;		/* host bytes */
+	u64 len;
+};
+
+static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len);
+
+static struct qcow2_layer *qcow2_top(struct qcow2_target *qt)
+{
+	return &qt->layers[0];
+}
+
+void qcow2_set_mode(struct qcow2_target *qt, enum qcow2_mode mode,
+		    const char *why)
+{
+	if (qt->mode == mode || (qt->mode == QCOW2_MODE_FAIL))
+		return;
+	DMERR("%s: switching to %s mode: %s", qcow2_dev_name(qt),
+	      mode == QCOW2_MODE_FAIL ? "fail" : "read-only", why);
+	WRITE_ONCE(qt->mode, mode);
+	dm_table_event(qt->ti->table);
+}
+
+/* Metadata contradicts itself: set the qcow2 corrupt bit and stop writing. */
+void qcow2_corrupt(struct qcow2_target *qt, const char *why)
+{
+	__be64 incompat;
+
+	if (!test_and_set_bit(QCOW2_FLAG_CORRUPT, &qt->flags)) {
+		DMERR("%s: image is corrupt: %s; repair it with qemu-img check -r all",
+		      qcow2_dev_name(qt), why);
+		incompat = cpu_to_be64(qcow2_top(qt)->qi.incompatible_features |
+				       QCOW2_INCOMPAT_CORRUPT);
+		qcow2_write_header(qt, offsetof(struct qcow2_header,
+						incompatible_features),
+				   &incompat, sizeof(incompat));
+	}
+	qcow2_set_mode(qt, QCOW2_MODE_RO, "corrupt metadata");
+}
+
+/* ----------------------------------------------------------------------- */
+/* L1 and refcount tables: in-memory arrays written back by sector         */
+
+static void qcow2_table_dirty(unsigned long *bits, u64 index)
+{
+	set_bit((index * sizeof(u64)) >> SECTOR_SHIFT, bits);
+}
+
+static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
+				 u64 entries, u64 offset, unsigned long *dirty,
+				 bool *wrote)
+{
+	u64 nr = DIV_ROUND_UP(entries * sizeof(u64), SECTOR_SIZE);
+	const unsigned int per = SECTOR_SIZE / sizeof(u64);
+	unsigned long sec;
+	__be64 *buf;
+	int r = 0;
+
+	buf = kmalloc(SECTOR_SIZE, GFP_NOIO);
+	if (!buf)
+		return -ENOMEM;
+	for_each_set_bit(sec, dirty, nr) {
+		unsigned int i;
+
+		for (i = 0; i < per; i++) {
+			u64 idx = (u64)sec * per + i;
+
+			buf[i] = cpu_to_be64(idx < entries ? table[idx] : 0);
+		}
+		r = qcow2_write_bytes(qt, qcow2_top(qt), offset + sec * SECTOR_SIZE,
+				      buf, SECTOR_SIZE);
+		if (r)
+			break;
+		clear_bit(sec, dirty);
+		*wrote = true;
+	}
+	kfree(buf);
+	return r;
+}
+
+/* ----------------------------------------------------------------------- */
+/* Refcounts                                                               */
+
+/*
+ * Find the refcount entry of host cluster @cluster.  Returns 1 if no
+ * refcount block covers it (refcount 0), 0 with the slice pinned in *@sp and
+ * the entry index in *@idx, or a negative errno.
+ */
+static int qcow2_refcount_slice(struct qcow2_target *qt, u64 cluster,
+				struct qcow2_slice **sp, u64 *idx)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u64 rt = cluster >> qt->rb_bits;
+	u64 entry = cluster & ((1ULL << qt->rb_bits) - 1);
+	u32 slice_entries_bits = top->slice_bits + 3 - qi->refcount_order;
+	u64 rb, byte;
+	struct qcow2_slice *s;
+
+	if (rt >= qt->reftable_entries)
+		return 1;
+	rb = qt->reftable[rt] & QCOW2_REFT_OFFSET_MASK;
+	if (!rb)
+		return 1;
+	if ((rb & (qi->cluster_size - 1)) || rb + qi->cluster_size > top->dev_size ||
+	    (qt->reftable[rt] & QCOW2_REFT_RESERVED_MASK)) {
+		qcow2_corrupt(qt, "refcount table entry invalid");
+		return -EIO;
+	}
+	byte = (entry << qi->refcount_order) >> 3;
+	s = qcow2_slice_get(qt->cache, top, rb + (byte & ~((1ULL << top->slice_bits) - 1)),
+			    false);
+	if (IS_ERR(s))
+		return PTR_ERR(s);
+	*sp = s;
+	*idx = entry & ((1ULL << slice_entries_bits) - 1);
+	return 0;
+}
+
+/* Add @delta to the refcount of host cluster @cluster (it has a block). */
+static int qcow2_refcount_add(struct qcow2_target *qt, u64 cluster, s64 delta,
+			      u64 *result)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	u32 order = top->qi.refcount_order;
+	u64 max = order == 6 ? U64_MAX : (1ULL << (1U << order)) - 1;
+	struct qcow2_slice *s;
+	u64 idx, v;
+	int r;
+
+	r = qcow2_refcount_slice(qt, cluster, &s, &idx);
+	if (r) {
+		if (r == 1)
+			qcow2_corrupt(qt, "reference to a cluster without refcount block");
+		return r > 0 ? -EIO : r;
+	}
+	v = qcow2_refcount_get(qcow2_slice_data(s), order, idx);
+	if ((delta < 0 && v < (u64)-delta) || (delta > 0 && max - v < (u64)delta)) {
+		qcow2_slice_put(qt->cache, s);
+		qcow2_corrupt(qt, delta < 0 ? "refcount underflow" : "refcount overflow");
+		return -EIO;
+	}
+	qcow2_refcount_set(qcow2_slice_data(s), order, idx, v + delta);
+	qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_REFCOUNT);
+	qcow2_slice_put(qt->cache, s);
+	if (v + delta == 0 && cluster < qt->free_hint)
+		qt->free_hint = cluster;
+	if (result)
+		*result = v + delta;
+	return 0;
+}
+
+/* Update the header field(s) at @offset: read-modify-write of sector 0 + flush. */
+int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
+		       const void *val, unsigned int len)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	void *buf;
+	int r;
+
+	buf = kmalloc(SECTOR_SIZE, GFP_NOIO);
+	if (!buf)
+		return -ENOMEM;
+	r = qcow2_read_bytes(qt, top, 0, buf, SECTOR_SIZE);
+	if (!r) {
+		memcpy(buf + offset, val, len);
+		r = qcow2_write_bytes(qt, top, 0, buf, SECTOR_SIZE);
+	}
+	if (!r)
+		r = blkdev_issue_flush(top->dev->bdev);
+	kfree(buf);
+	return r;
+}
+
+static int qcow2_zero_cluster(struct qcow2_target *qt, u64 offset)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+
+	return blkdev_issue_zeroout(top->dev->bdev, offset >> SECTOR_SHIFT,
+				    top->qi.cluster_size >> SECTOR_SHIFT,
+				    GFP_NOIO, BLKDEV_ZERO_NOUNMAP);
+}
+
+/*
+ * The refcount table is full: move it to a bigger one at the start of the
+ * first host range it does not cover, together with a refcount block for that
+ * range which also covers the new table.  The switch is one header write.
+ */
+static int qcow2_grow_reftable(struct qcow2_target *qt, u64 rt_needed)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	struct qcow2_info *qi = &top->qi;
+	u64 k = qt->reftable_entries;
+	u64 base = k << qt->rb_bits;		/* first cluster of range k */
+	u64 per_cluster = qi->cluster_size / sizeof(u64);
+	u64 entries = max(rt_needed + 1, k + k / 2 + 1);
+	u64 n, i, old_off = qi->refcount_table_offset;
+	u64 old_len = (u64)qi->refcount_table_clusters << qi->cluster_bits;
+	unsigned long *dirty = NULL;
+	u64 *table = NULL;
+	void *buf = NULL;
+	struct {
+		__be64 offset;
+		__be32 clusters;
+	} __packed hdr;
+	int r;
+
+	entries = round_up(entries, per_cluster);
+	n = entries / per_cluster;
+	if (entries * sizeof(u64) > QCOW2_MAX_REFTABLE_BYTES || n + 1 > (1ULL << qt->rb_bits))
+		return -EFBIG;
+	if ((base + 1 + n) << qi->cluster_bits > top->dev_size)
+		return -ENOSPC;
+
+	/* Entries of the new table must only point to durable blocks. */
+	r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
+	if (r >= 0)
+		r = blkdev_issue_flush(top->dev->bdev);
+	if (r)
+		return r;
+
+	table = kvcalloc(entries, sizeof(u64), GFP_NOIO);
+	dirty = bitmap_zalloc(DIV_ROUND_UP(entries * sizeof(u64), SECTOR_SIZE), GFP_NOIO);
+	buf = kvzalloc(max_t(u64, qi->cluster_size, n << qi->cluster_bits), GFP_NOIO);
+	if (!table || !dirty || !buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* The refcount block of range k: itself and the n table clusters. */
+	for (i = 0; i <= n; i++)
+		qcow2_refcount_set(buf, qi->refcount_order, i, 1);
+	qcow2_cache_invalidate(qt->cache, top, base << qi->cluster_bits,
+			       (n + 1) << qi->cluster_bits);
+	r = qcow2_write_bytes(qt, top, base << qi->cluster_bits, buf, qi->cluster_size);
+	if (r)
+		goto out;
+
+	memcpy(table, qt->reftable, k * sizeof(u64));
+	table[k] = base << qi->cluster_bits;
+	memset(buf, 0, qi->cluster_size);
+	for (i = 0; i < entries; i++)
+		((__be64 *)buf)[i] = cpu_to_be64(table[i]);
+	r = qcow2_write_bytes(qt, top, (base + 1) << qi->cluster_bits, buf,
+			      n << qi->cluster_bits);
+	if (!r)
+		r = blkdev_issue_flush(top->dev->bdev);
+	if (r)
+		goto out;
+
+	hdr.offset = cpu_to_be64((base + 1) << qi->cluster_bits);
+	hdr.clusters = cpu_to_be32(n);
+	r = qcow2_write_header(qt, offsetof(struct qcow2_header, refcount_table_offset),
+			       &hdr, sizeof(hdr));
+	if (r)
+		goto out;
+
+	swap(qt->reftable, table);
+	swap(qt->reftable_dirty, dirty);
+	qt->reftable_entries = entries;
+	qi->refcount_table_offset = (base + 1) << qi->cluster_bits;
+	qi->refcount_table_clusters = n;
+	/* The old table is garbage once the header switch is durable (it is). */
+	r = qcow2_defer_free(qt, old_off, old_len);
+out:
+	kvfree(buf);
+	bitmap_free(dirty);
+	kvfree(table);
+	return r;
+}
+
+/* Give host range @rt a refcount block, placed at its own first cluster. */
+static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u64 off = (rt << qt->rb_bits) << qi->cluster_bits;
+	struct qcow2_slice *s;
+	int r;
+
+	if (rt >= qt->reftable_entries) {
+		r = qcow2_grow_reftable(qt, rt);
+		/* Growing placed a block for the first uncovered range. */
+		return r;
+	}
+	if (off + qi->cluster_size > top->dev_size)
+		return -ENOSPC;
+	qcow2_cache_invalidate(qt->cache, top, off, qi->cluster_size);
+	r = qcow2_zero_cluster(qt, off);
+	if (r)
+		return r;
+	s = qcow2_slice_get_new(qt->cache, top, off);
+	qcow2_refcount_set(qcow2_slice_data(s), qi->refcount_order, 0, 1);
+	qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_REFCOUNT);
+	qcow2_slice_put(qt->cache, s);
+	qt->reftable[rt] = off;
+	qcow2_table_dirty(qt->reftable_dirty, rt);
+	return 0;
+}
+
+/* Does host cluster @c overlap metadata the header points to? */
+static bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c)
+{
+	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
+	u64 off = c << qi->cluster_bits, end = off + qi->cluster_size;
+
+	return !c ||
+	       (off < qi->l1_table_offset + (u64)qi->l1_size * 8 &&
+		end > qi->l1_table_offset) ||
+	       (off < qi->refcount_table_offset +
+		((u64)qi->refcount_table_clusters << qi->cluster_bits) &&
+		end > qi->refcount_table_offset) ||
+	       (qi->nb_snapshots && off == qi->snapshots_offset);
+}
+
+/* Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock. */
+static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u64 nr = top->dev_size >> qi->cluster_bits;
+	u64 c = qt->free_hint;
+	struct qcow2_slice *s;
+	u64 idx, n;
+	int r;
+
+	while (c < nr) {
+		r = qcow2_refcount_slice(qt, c, &s, &idx);
+		if (r < 0)
+			return r;
+		if (r == 1) {
+			r = qcow2_new_refblock(qt, c >> qt->rb_bits);
+			if (r)
+				return r;
+			continue;	/* the block took a cluster: look again */
+		}
+		/* Scan the rest of this slice. */
+		n = 1ULL << (top->slice_bits + 3 - qi->refcount_order);
+		for (; idx < n && c < nr; idx++, c++) {
+			if (qcow2_refcount_get(qcow2_slice_data(s), qi->refcount_order, idx))
+				continue;
+			if (qcow2_is_fixed_metadata(qt, c)) {
+				qcow2_slice_put(qt->cache, s);
+				qcow2_corrupt(qt, "refcount of a metadata cluster is 0");
+				return -EIO;
+			}
+			qcow2_refcount_set(qcow2_slice_data(s), qi->refcount_order, idx, 1);
+			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_REFCOUNT);
+			qcow2_slice_put(qt->cache, s);
+			qt->free_hint = c + 1;
+			return c << qi->cluster_bits;
+		}
+		qcow2_slice_put(qt->cache, s);
+	}
+	qt->free_hint = nr;
+	if (!test_and_set_bit(QCOW2_FLAG_NOSPACE, &qt->flags)) {
+		DMWARN("%s: image device is full", qcow2_dev_name(qt));
+		dm_table_event(qt->ti->table);
+	}
+	return -ENOSPC;
+}
+
+/*
+ * Drop one reference to every host cluster in [@offset, @offset + @len) once
+ * the mapping change that removed it is durable: at the end of the next
+ * commit.  Contiguous ranges are merged.
+ */
+static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len)
+{
+	struct qcow2_deferred *d;
+
+	if (!list_empty(&qt->deferred)) {
+		d = list_last_entry(&qt->deferred, struct qcow2_deferred, list);
+		if (d->offset + d->len == offset) {
+			d->len += len;
+			return 0;
+		}
+	}
+	d = kmalloc(sizeof(*d), GFP_NOIO);
+	if (!d)
+		return -ENOMEM;
+	d->offset = offset;
+	d->len = len;
+	list_add_tail(&d->list, &qt->deferred);
+	qt->nr_deferred++;
+	return 0;
+}
+
+/* Wait until no bio that was mapped before now still uses old mappings. */
+static void qcow2_drain_inflight(struct qcow2_target *qt)
+{
+	unsigned int old = qt->inflight_gen;
+
+	WRITE_ONCE(qt->inflight_gen, old ^ 1);
+	smp_mb();	/* pairs with qcow2_inflight_get() */
+	wait_event(qt->inflight_wait, !atomic_read(&qt->inflight[old]));
+}
+
+/* Apply deferred refcount decrements; pass discards of freed clusters down. */
+static int qcow2_apply_deferred(struct qcow2_target *qt)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	u32 cb = top->qi.cluster_bits;
+	struct qcow2_deferred *d, *tmp;
+	LIST_HEAD(list);
+	int r = 0;
+
+	mutex_lock(&qt->meta_lock);
+	list_splice_init(&qt->deferred, &list);
+	qt->nr_deferred = 0;
+	mutex_unlock(&qt->meta_lock);
+	if (list_empty(&list))
+		return 0;
+
+	qcow2_drain_inflight(qt);
+
+	mutex_lock(&qt->meta_lock);
+	list_for_each_entry_safe(d, tmp, &list, list) {
+		u64 c, first = d->offset >> cb;
+		u64 last = (d->offset + d->len - 1) >> cb;
+
+		for (c = first; c <= last && !r; c++) {
+			u64 left;
+
+			r = qcow2_refcount_add(qt, c, -1, &left);
+			if (r)
+				break;
+			if (!left) {
+				/* Freed: nothing may find stale metadata there. */
+				qcow2_cache_invalidate(qt->cache, top, c << cb, 1ULL << cb);
+				if (qt->discard_passdown)
+					blkdev_issue_discard(top->dev->bdev,
+							     (c << cb) >> SECTOR_SHIFT,
+							     (1ULL << cb) >> SECTOR_SHIFT,
+							     GFP_NOIO);
+			}
+		}
+		list_del(&d->list);
+		kfree(d);
+	}
+	mutex_unlock(&qt->meta_lock);
+	return r;
+}
+
+/*
+ * Make everything written so far durable and reachable (see the top of this
+ * file).  Returns 0 or the error that failed the commit; a failed commit
+ * switches the device to fail mode, since on-disk metadata is then unknown.
+ */
+static int __qcow2_commit(struct qcow2_target *qt)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	struct block_device *bdev = top->dev->bdev;
+	bool wrote = false;
+	int r;
+
+	down_write(&qt->update_sem);
+	r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
+	/* Also makes the data of every completed write durable. */
+	if (r >= 0)
+		r = blkdev_issue_flush(bdev);
+	if (!r)
+		r = qcow2_table_writeback(qt, qt->reftable, qt->reftable_entries,
+					  top->qi.refcount_table_offset,
+					  qt->reftable_dirty, &wrote);
+	if (!r && wrote)
+		r = blkdev_issue_flush(bdev);
+	wrote = false;
+	if (!r)
+		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_MAPPING);
+	if (r > 0)
+		wrote = true;
+	if (r >= 0)
+		r = qcow2_table_writeback(qt, top->l1, top->l1_size,
+					  top->qi.l1_table_offset, qt->l1_dirty,
+					  &wrote);
+	if (!r && wrote)
+		r = blkdev_issue_flush(bdev);
+	up_write(&qt->update_sem);
+	if (!r)
+		r = qcow2_apply_deferred(qt);
+	if (r)
+		qcow2_set_mode(qt, QCOW2_MODE_FAIL, "metadata write failed");
+	return r;
+}
+
+/*
+ * Group commit: a caller needs a commit that started after it called; one
+ * that started later and finished serves it too.
+ */
+int qcow2_commit(struct qcow2_target *qt)
+{
+	u64 seen = READ_ONCE(qt->commits_started);
+	int r;
+
+	mutex_lock(&qt->commit_mutex);
+	if (qt->commits_started > seen) {
+		r = qt->commit_error;
+	} else {
+		qt->commits_started++;
+		r = __qcow2_commit(qt);
+		qt->commit_error = r;
+	}
+	mutex_unlock(&qt->commit_mutex);
+	return r;
+}
+
+/* ----------------------------------------------------------------------- */
+/* Cluster updates                                                         */
+
+/*
+ * Enter a metadata update: make sure the cache has room for its dirty slices
+ * and the deferred list is bounded (committing if needed), then exclude
+ * commits until qcow2_end_update().
+ */
+static int qcow2_begin_update(struct qcow2_target *qt)
+{
+	int r;
+
+	while (!qcow2_cache_reserve(qt->cache, QCOW2_UPDATE_SLICES) ||
+	       READ_ONCE(qt->nr_deferred) > QCOW2_MAX_DEFERRED) {
+		r = qcow2_commit(qt);
+		if (r)
+			return r;
+		if (qcow2_cache_reserve(qt->cache, QCOW2_UPDATE_SLICES))
+			break;
+	}
+	down_read(&qt->update_sem);
+	return 0;
+}
+
+static void qcow2_end_update(struct qcow2_target *qt)
+{
+	up_read(&qt->update_sem);
+	qcow2_cache_unreserve(qt->cache, QCOW2_UPDATE_SLICES);
+}
+
+/*
+ * Make the L2 table of L1 entry @l1_idx writable in place: allocate it, or
+ * copy it if it is shared with a snapshot.  Returns its offset.
+ */
+static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u64 l1e = top->l1[l1_idx];
+	const char *err;
+	s64 old, new;
+	void *buf;
+	int r;
+
+	old = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
+	if (old < 0) {
+		qcow2_corrupt(qt, err);
+		return -EIO;
+	}
+	if (old && (l1e & QCOW2_OFLAG_COPIED))
+		return old;
+
+	new = qcow2_alloc_cluster(qt);
+	if (new < 0)
+		return new;
+	qcow2_cache_invalidate(qt->cache, top, new, qi->cluster_size);
+	if (!old) {
+		r = qcow2_zero_cluster(qt, new);
+	} else {
+		/* A shared table is never modified in place: disk is current. */
+		buf = kvmalloc(qi->cluster_size, GFP_NOIO);
+		r = buf ? qcow2_read_bytes(qt, top, old, buf, qi->cluster_size) : -ENOMEM;
+		if (!r)
+			r = qcow2_write_bytes(qt, top, new, buf, qi->cluster_size);
+		kvfree(buf);
+		if (!r)
+			r = qcow2_defer_free(qt, old, qi->cluster_size);
+	}
+	if (r) {
+		qcow2_refcount_add(qt, new >> qi->cluster_bits, -1, NULL);
+		return r;
+	}
+	WRITE_ONCE(top->l1[l1_idx], new | QCOW2_OFLAG_COPIED);
+	qcow2_table_dirty(qt->l1_dirty, l1_idx);
+	return new;
+}
+
+/* Where the bytes of one (sub)cluster come from when it is not written. */
+static int qcow2_fill(struct qcow2_target *qt, enum qcow2_cluster_type type,
+		      const struct qcow2_l2_entry *old, u64 guest_cluster,
+		      u32 from, u32 to, void *buf)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	u64 guest = guest_cluster + from;
+	u64 len = to - from;
+	struct qcow2_run run;
+	int r;
+
+	switch (type) {
+	case QCOW2_CL_NORMAL:
+		return qcow2_read_bytes(qt, top, (old->entry & QCOW2_L2E_OFFSET_MASK) + from,
+					buf, len);
+	case QCOW2_CL_COMPRESSED:
+		return qcow2_decompress_to_buf(qt, top, old->entry, from, buf, len);
+	case QCOW2_CL_UNALLOCATED:
+	case QCOW2_CL_UNALLOCATED_ALLOC:
+		/* Backing data, resolved through the layers below. */
+		while (len) {
+			qcow2_resolve(qt, 1, guest, len, false, &run);
+			switch (run.type) {
+			case QCOW2_RUN_DATA:
+				r = qcow2_read_bytes(qt, run.layer, run.host, buf, run.len);
+				break;
+			case QCOW2_RUN_COMPRESSED:
+				r = qcow2_decompress_to_buf(qt, run.layer, run.entry,
+							    run.offset_in_cluster,
+							    buf, run.len);
+				break;
+			case QCOW2_RUN_ZERO:
+				memset(buf, 0, run.len);
+				r = 0;
+				break;
+			default:
+				r = -EIO;
+				break;
+			}
+			if (r)
+				return r;
+			buf += run.len;
+			guest += run.len;
+			len -= run.len;
+		}
+		return 0;
+	default:
+		memset(buf, 0, len);
+		return 0;
+	}
+}
+
+static void qcow2_copy_from_bio(struct bio *bio, void *dst)
+{
+	struct bvec_iter iter;
+	struct bio_vec bv;
+
+	bio_for_each_segment(bv, bio, iter) {
+		memcpy_from_bvec(dst, &bv);
+		dst += bv.bv_len;
+	}
+}
+
+/* Write a bio's data unchanged at byte @host of the top device, waiting. */
+static int qcow2_write_bio_at(struct qcow2_target *qt, struct bio *bio, u64 host)
+{
+	struct bio *clone;
+	int r;
+
+	clone = bio_alloc_clone(qcow2_top(qt)->dev->bdev, bio, GFP_NOIO, &qt->bs);
+	if (!clone)
+		return -ENOMEM;
+	clone->bi_iter.bi_sector = host >> SECTOR_SHIFT;
+	clone->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
+	r = submit_bio_wait(clone);
+	bio_put(clone);
+	return r;
+}
+
+/* Subcluster type for the fill of a byte range of an entry. */
+static enum qcow2_cluster_type qcow2_sc_type(struct qcow2_target *qt,
+					     const struct qcow2_l2_entry *e,
+					     unsigned int sc)
+{
+	const char *err;
+
+	return qcow2_l2_type(&qcow2_top(qt)->qi, e, sc, &err);
+}
+
+/*
+ * Write [@off, @off + @len) of guest cluster @guest_cluster from @bio (or
+ * zeros if @bio is NULL).  The whole update of one cluster happens under its
+ * cluster lock.
+ */
+static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
+			       u32 off, u32 len, struct bio *bio)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits, scb = qi->subcluster_bits;
+	u64 l1_idx = guest_cluster >> (cb + qi->l2_bits);
+	u64 l2_idx = (guest_cluster >> cb) & ((1ULL << qi->l2_bits) - 1);
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	unsigned int sc_first = off >> scb, sc_last = (off + len - 1) >> scb, sc;
+	struct qcow2_l2_entry old, new;
+	enum qcow2_cluster_type t;
+	u64 slice_off, host, old_host = 0, free_len = 0;
+	bool in_place, alloc = false;
+	struct qcow2_slice *s;
+	u32 start, end;
+	const char *err;
+	void *buf = NULL;
+	s64 l2, h;
+	int r;
+
+	r = qcow2_begin_update(qt);
+	if (r)
+		return r;
+	mutex_lock(&qt->meta_lock);
+	l2 = qcow2_l2_writable(qt, l1_idx);
+	if (l2 < 0) {
+		r = l2;
+		goto unlock;
+	}
+	slice_off = l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits);
+	s = qcow2_slice_get(qt->cache, top, slice_off, false);
+	if (IS_ERR(s)) {
+		r = PTR_ERR(s);
+		goto unlock;
+	}
+	qcow2_l2_entry_load(qi, qcow2_slice_data(s), l2_idx & ((1U << slice_entries_bits) - 1),
+			    &old);
+	qcow2_slice_put(qt->cache, s);
+
+	for (sc = sc_first; sc <= sc_last; sc++) {
+		if (qcow2_sc_type(qt, &old, sc) == QCOW2_CL_INVALID) {
+			qcow2_l2_type(qi, &old, sc, &err);
+			qcow2_corrupt(qt, err);
+			r = -EIO;
+			goto unlock;
+		}
+	}
+	t = qcow2_sc_type(qt, &old, sc_first);
+	/* In place: a host cluster of our own (COPIED), not compressed. */
+	in_place = (old.entry & QCOW2_OFLAG_COPIED) && t != QCOW2_CL_COMPRESSED &&
+		   (old.entry & QCOW2_L2E_OFFSET_MASK);
+	new = old;
+	if (in_place) {
+		h = qcow2_l2_host_offset(qi, &old, top->dev_size, &err);
+		if (h < 0) {
+			qcow2_corrupt(qt, err);
+			r = -EIO;
+			goto unlock;
+		}
+		host = h;
+	} else {
+		h = qcow2_alloc_cluster(qt);
+		if (h < 0) {
+			r = h;
+			goto unlock;
+		}
+		host = h;
+		alloc = true;
+		if (t == QCOW2_CL_COMPRESSED) {
+			struct qcow2_compressed c;
+
+			if (qcow2_decode_compressed(qi, old.entry, top->dev_size, &c, &err)) {
+				qcow2_corrupt(qt, err);
+				r = -EIO;
+				goto unlock;
+			}
+			old_host = c.offset & ~(u64)(SECTOR_SIZE - 1);
+			free_len = c.nb_sectors << SECTOR_SHIFT;
+		} else if (old.entry & QCOW2_L2E_OFFSET_MASK) {
+			old_host = old.entry & QCOW2_L2E_OFFSET_MASK;
+			free_len = qi->cluster_size;
+		}
+		new.entry = host;
+		new.bitmap = qi->extended_l2 && t != QCOW2_CL_COMPRESSED ? old.bitmap : 0;
+	}
+	mutex_unlock(&qt->meta_lock);
+
+	/*
+	 * The range to write: the bytes given, widened to whole subclusters
+	 * (whole clusters without extended L2) where what is around them must
+	 * be filled in; the whole cluster when a shared or compressed cluster
+	 * is copied.
+	 */
+	if (!in_place && (old.entry & QCOW2_L2E_OFFSET_MASK || t == QCOW2_CL_COMPRESSED) &&
+	    (!qi->extended_l2 || t == QCOW2_CL_COMPRESSED || old.bitmap & QCOW2_L2_BITMAP_ALL_ALLOC)) {
+		start = 0;
+		end = qi->cluster_size;
+	} else {
+		start = qcow2_sc_type(qt, &old, sc_first) == QCOW2_CL_NORMAL && in_place ?
+			off : sc_first << scb;
+		end = qcow2_sc_type(qt, &old, sc_last) == QCOW2_CL_NORMAL && in_place ?
+			off + len : (sc_last + 1) << scb;
+	}
+
+	if (start == off && end == off + len && bio) {
+		r = qcow2_write_bio_at(qt, bio, host + off);
+	} else {
+		buf = kvmalloc(end - start, GFP_NOIO);
+		r = buf ? 0 : -ENOMEM;
+		/* Fill around the data, subcluster by subcluster. */
+		for (sc = start >> scb; !r && sc <= (end - 1) >> scb; sc++) {
+			u32 a = max(start, sc << scb), b = min(end, (sc + 1) << scb);
+			enum qcow2_cluster_type st = qcow2_sc_type(qt, &old, sc);
+
+			if (a < off)
+				r = qcow2_fill(qt, st, &old, guest_cluster, a,
+					       min(b, off), buf + a - start);
+			if (!r && b > off + len)
+				r = qcow2_fill(qt, st, &old, guest_cluster,
+					       max(a, off + len), b,
+					       buf + max(a, off + len) - start);
+		}
+		if (!r) {
+			if (bio)
+				qcow2_copy_from_bio(bio, buf + off - start);
+			else
+				memset(buf + off - start, 0, len);
+			r = qcow2_write_bytes(qt, top, host + start, buf, end - start);
+		}
+		kvfree(buf);
+	}
+
+	mutex_lock(&qt->meta_lock);
+	if (r) {
+		if (alloc)
+			qcow2_refcount_add(qt, host >> cb, -1, NULL);
+		goto unlock;
+	}
+	/* Map the written subclusters (a std. entry loses its zero flag). */
+	new.entry = (new.entry & ~(QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COMPRESSED)) |
+		    QCOW2_OFLAG_COPIED;
+	if (qi->extended_l2) {
+		for (sc = start >> scb; sc <= (end - 1) >> scb; sc++) {
+			new.bitmap |= 1ULL << sc;
+			new.bitmap &= ~(1ULL << (32 + sc));
+		}
+		if (!in_place && start == 0 && end == qi->cluster_size)
+			/* Copied whole: what was allocated before is now too. */
+			new.bitmap |= old.bitmap & QCOW2_L2_BITMAP_ALL_ALLOC;
+	}
+	if (new.entry != old.entry || new.bitmap != old.bitmap) {
+		s = qcow2_slice_get(qt->cache, top, slice_off, false);
+		if (IS_ERR(s)) {
+			r = PTR_ERR(s);
+			if (alloc)
+				qcow2_refcount_add(qt, host >> cb, -1, NULL);
+			goto unlock;
+		}
+		qcow2_l2_entry_store(qi, qcow2_slice_data(s),
+				     l2_idx & ((1U << slice_entries_bits) - 1), &new);
+		qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+		qcow2_slice_put(qt->cache, s);
+	}
+	if (free_len)
+		r = qcow2_defer_free(qt, old_host, free_len);
+unlock:
+	mutex_unlock(&qt->meta_lock);
+	qcow2_end_update(qt);
+	return r;
+}
+
+/*
+ * Discard or write zeroes over all of guest cluster @guest_cluster: make it a
+ * zero cluster (or unallocated where nothing can show through) and free its
+ * host cluster.  Returns -EAGAIN when only a data write can do it (v2 image
+ * with a backing file and write-zeroes).
+ */
+static int qcow2_zero_whole_cluster(struct qcow2_target *qt, u64 guest_cluster,
+				    bool discard)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits;
+	u64 l1_idx = guest_cluster >> (cb + qi->l2_bits);
+	u64 l2_idx = (guest_cluster >> cb) & ((1ULL << qi->l2_bits) - 1);
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	bool backing = qt->nr_layers > 1, v2 = qi->version == 2;
+	struct qcow2_l2_entry old, new = {};
+	struct qcow2_compressed c;
+	enum qcow2_cluster_type t;
+	struct qcow2_slice *s;
+	const char *err;
+	s64 l2;
+	int r;
+
+	if (v2 && backing)
+		return discard ? 0 : -EAGAIN;
+
+	r = qcow2_begin_update(qt);
+	if (r)
+		return r;
+	mutex_lock(&qt->meta_lock);
+	l2 = qcow2_l1_entry_l2_offset(qi, top->l1[l1_idx], top->dev_size, &err);
+	if (l2 == 0 && !backing)
+		goto unlock;	/* unallocated, nothing below: already zeros */
+	l2 = qcow2_l2_writable(qt, l1_idx);
+	if (l2 < 0) {
+		r = l2;
+		goto unlock;
+	}
+	s = qcow2_slice_get(qt->cache, top,
+			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), false);
+	if (IS_ERR(s)) {
+		r = PTR_ERR(s);
+		goto unlock;
+	}
+	l2_idx &= (1U << slice_entries_bits) - 1;
+	qcow2_l2_entry_load(qi, qcow2_slice_data(s), l2_idx, &old);
+	t = qcow2_l2_type(qi, &old, 0, &err);
+	if (t == QCOW2_CL_INVALID) {
+		qcow2_slice_put(qt->cache, s);
+		qcow2_corrupt(qt, err);
+		r = -EIO;
+		goto unlock;
+	}
+	if (!v2) {
+		if (qi->extended_l2)
+			new.bitmap = QCOW2_L2_BITMAP_ALL_ZEROES;
+		else
+			new.entry = QCOW2_OFLAG_ZERO;
+		/* Without anything below, an unallocated cluster is zeros already. */
+		if (!backing && t == QCOW2_CL_UNALLOCATED && !old.bitmap)
+			new = old;
+	}
+	if (new.entry != old.entry || new.bitmap != old.bitmap) {
+		qcow2_l2_entry_store(qi, qcow2_slice_data(s), l2_idx, &new);
+		qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+	}
+	qcow2_slice_put(qt->cache, s);
+
+	if (t == QCOW2_CL_COMPRESSED) {
+		if (qcow2_decode_compressed(qi, old.entry, top->dev_size, &c, &err)) {
+			qcow2_corrupt(qt, err);
+			r = -EIO;
+		} else {
+			r = qcow2_defer_free(qt, c.offset & ~(u64)(SECTOR_SIZE - 1),
+					     c.nb_sectors << SECTOR_SHIFT);
+		}
+	} else if (old.entry & QCOW2_L2E_OFFSET_MASK) {
+		r = qcow2_defer_free(qt, old.entry & QCOW2_L2E_OFFSET_MASK,
+				     qi->cluster_size);
+	}
+unlock:
+	mutex_unlock(&qt->meta_lock);
+	qcow2_end_update(qt);
+	return r;
+}
+
+static struct mutex *qcow2_cluster_lock(struct qcow2_target *qt, u64 guest_cluster)
+{
+	return &qt->cluster_locks[hash_64(guest_cluster, QCOW2_CLUSTER_LOCK_BITS)];
+}
+
+/*
+ * Process a write, discard or write-zeroes bio, one cluster at a time.
+ * Returns a block status for the whole bio.
+ */
+blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	u32 cb = top->qi.cluster_bits;
+	u64 cs = 1ULL << cb;
+	u64 guest = (u64)dm_target_offset(qt->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	u64 end = guest + bio->bi_iter.bi_size;
+	enum req_op op = bio_op(bio);
+	u64 done = 0;
+	int r = 0;
+
+	if (READ_ONCE(qt->mode) != QCOW2_MODE_RW)
+		return BLK_STS_IOERR;
+
+	while (guest < end && !r) {
+		u64 gc = guest & ~(cs - 1);
+		u32 off = guest - gc;
+		u32 len = min(end - guest, cs - off);
+		struct mutex *lock = qcow2_cluster_lock(qt, gc >> cb);
+
+		mutex_lock(lock);
+		if (op == REQ_OP_WRITE) {
+			struct bio *piece = bio_alloc_clone(bio->bi_bdev, bio, GFP_NOIO, &qt->bs);
+
+			if (!piece) {
+				r = -ENOMEM;
+			} else {
+				bio_trim(piece, done >> SECTOR_SHIFT, len >> SECTOR_SHIFT);
+				r = qcow2_write_cluster(qt, gc, off, len, piece);
+				bio_put(piece);
+			}
+		} else if (!off && len == cs) {
+			r = qcow2_zero_whole_cluster(qt, gc, op == REQ_OP_DISCARD);
+			if (r == -EAGAIN)
+				r = qcow2_write_cluster(qt, gc, off, len, NULL);
+		} else {
+			/* Partial cluster: write zeros into it. */
+			r = qcow2_write_cluster(qt, gc, off, len, NULL);
+		}
+		mutex_unlock(lock);
+		guest += len;
+		done += len;
+	}
+	if (!r && (bio->bi_opf & REQ_FUA))
+		r = qcow2_commit(qt);
+	if (r == -ENOSPC)
+		return BLK_STS_NOSPC;
+	return errno_to_blk_status(r);
+}
