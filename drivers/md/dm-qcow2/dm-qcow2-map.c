@@ -324,6 +324,7 @@ static void qcow2_inflight_get(struct qcow2_target *qt, struct qcow2_bio *qb)
 	for (;;) {
 		g = READ_ONCE(qt->inflight_gen);
 		atomic_inc(&qt->inflight[g]);
+		/* Count before re-reading: pairs with qcow2_drain_inflight(). */
 		smp_mb__after_atomic();
 		if (READ_ONCE(qt->inflight_gen) == g)
 			break;
