@@ -28,8 +28,7 @@ enum {
 
 struct qcow2_slice {
 	struct hlist_node hash;
-	struct list_head lru;	/* on cache->lru when unpinned and clean,
-				 * on cache->dirty when dirty */
+	struct list_head lru;	/* on ->lru if clean and unpinned, ->dirty if dirty */
 	struct qcow2_layer *layer;
 	u64 offset;		/* byte offset of the slice on the layer's device */
 	unsigned int pins;
