@@ -396,6 +396,21 @@ void qcow2_cache_invalidate(struct qcow2_cache *c, struct qcow2_layer *layer,
 	spin_unlock(&c->lock);
 }
 
+/* Drop every clean unpinned slice (resume: the image may have changed). */
+void qcow2_cache_invalidate_all(struct qcow2_cache *c)
+{
+	struct qcow2_slice *s, *tmp;
+
+	spin_lock(&c->lock);
+	list_for_each_entry_safe(s, tmp, &c->lru, lru) {
+		hash_del(&s->hash);
+		list_del(&s->lru);
+		c->used--;
+		qcow2_slice_free(s);
+	}
+	spin_unlock(&c->lock);
+}
+
 /*
  * Write back every dirty slice of groups <= @group.  The caller excludes
  * concurrent modification.  Returns the number of slices written or the

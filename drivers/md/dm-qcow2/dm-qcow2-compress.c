@@ -79,6 +79,17 @@ void qcow2_dpool_destroy(struct qcow2_dpool *pool)
 	kfree(pool);
 }
 
+/* Forget what the contexts hold: the image may have changed (resume). */
+void qcow2_dpool_forget(struct qcow2_dpool *pool)
+{
+	struct qcow2_dctx *ctx;
+
+	mutex_lock(&pool->lock);
+	list_for_each_entry(ctx, &pool->idle, list)
+		ctx->layer = NULL;
+	mutex_unlock(&pool->lock);
+}
+
 /* zstd frames written by QEMU have a window no larger than the cluster. */
 static size_t qcow2_zstd_window(struct qcow2_dpool *pool)
 {
@@ -252,7 +263,7 @@ static struct qcow2_dctx *qcow2_dctx_cluster(struct qcow2_target *qt,
 	ctx->layer = NULL;
 	start = c.offset & ~(u64)(SECTOR_SIZE - 1);
 	len = c.nb_sectors << SECTOR_SHIFT;
-	r = len > 2 * ctx->out_size ? -EIO : qcow2_read_bytes(qt, layer, start, ctx->in, len);
+	r = len > 2 * ctx->out_size ? -EIO : qcow2_read_data(qt, layer, start, ctx->in, len);
 	if (!r) {
 		len -= c.offset - start;
 		if (qi->compression_type == QCOW2_COMPRESSION_ZSTD)

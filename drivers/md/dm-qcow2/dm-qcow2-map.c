@@ -274,6 +274,8 @@ static void qcow2_process_read(struct qcow2_target *qt, struct bio *bio)
 			mutex_lock(&qt->meta_lock);
 			qcow2_resolve(qt, 0, guest + done, len - done, false, &run);
 			mutex_unlock(&qt->meta_lock);
+			if (run.type == QCOW2_RUN_ERROR)
+				qcow2_corrupt(qt, run.err ?: "invalid mapping");
 		}
 		if (!done && run.len == len) {
 			qcow2_dispatch(qt, bio, &run, true);
@@ -293,6 +295,13 @@ static void qcow2_process_read(struct qcow2_target *qt, struct bio *bio)
 	bio_endio(bio);
 }
 
+static void qcow2_inflight_put(struct qcow2_target *qt, struct qcow2_bio *qb)
+{
+	if (qb->counted && atomic_dec_and_test(&qt->inflight[qb->gen]))
+		wake_up(&qt->inflight_wait);
+	qb->counted = false;
+}
+
 void qcow2_bio_work(struct work_struct *work)
 {
 	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
@@ -300,8 +309,16 @@ void qcow2_bio_work(struct work_struct *work)
 	struct qcow2_target *qt = qb->qt;
 	unsigned int noio = memalloc_noio_save();
 
+	/*
+	 * Flushes and writes may wait for a commit, which waits for counted
+	 * bios: stop counting them.  They need no count: the clusters a write
+	 * touches are held by its cluster lock.
+	 */
+	if (bio_op(bio) != REQ_OP_READ)
+		qcow2_inflight_put(qt, qb);
+
 	if (op_is_flush(bio->bi_opf) && !bio_sectors(bio)) {
-		bio->bi_status = errno_to_blk_status(qcow2_commit(qt));
+		bio->bi_status = errno_to_blk_status(qcow2_commit(qt, false));
 		bio_endio(bio);
 	} else if (bio_op(bio) == REQ_OP_READ) {
 		qcow2_process_read(qt, bio);
@@ -337,12 +354,7 @@ static void qcow2_inflight_get(struct qcow2_target *qt, struct qcow2_bio *qb)
 
 int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error)
 {
-	struct qcow2_target *qt = ti->private;
-	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
-
-	if (qb->counted && atomic_dec_and_test(&qt->inflight[qb->gen]))
-		wake_up(&qt->inflight_wait);
-	qb->counted = false;
+	qcow2_inflight_put(ti->private, dm_per_bio_data(bio, sizeof(struct qcow2_bio)));
 	return DM_ENDIO_DONE;
 }
 

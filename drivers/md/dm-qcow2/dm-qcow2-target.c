@@ -20,14 +20,14 @@
  * read as zeros: an image file attached through a loop device loses its last
  * partial sector, and qcow2 images need not end on a cluster boundary.
  */
-int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
-		     u64 offset, void *buf, size_t len)
+static int __qcow2_read(struct qcow2_target *qt, struct qcow2_layer *layer,
+			u64 offset, void *buf, size_t len, bool meta)
 {
 	u64 end = min(offset + len, layer->dev_size);
 	size_t avail = offset < end ? end - offset : 0;
 	struct dm_io_region where;
 	struct dm_io_request req = {
-		.bi_opf = REQ_OP_READ | REQ_SYNC | REQ_META,
+		.bi_opf = REQ_OP_READ | REQ_SYNC | (meta ? REQ_META : 0),
 		.client = qt->io_client,
 	};
 	size_t rd;
@@ -39,7 +39,8 @@ int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
 	if (!avail)
 		return 0;
 
-	atomic64_inc(&qt->meta_reads);
+	if (meta)
+		atomic64_inc(&qt->meta_reads);
 	/* dm-io works in whole sectors: bounce unaligned requests. */
 	rd = round_up(avail + (offset & (SECTOR_SIZE - 1)), SECTOR_SIZE);
 	if ((offset & (SECTOR_SIZE - 1)) || rd != avail) {
@@ -60,9 +61,23 @@ int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
 		memcpy(buf, bounce + (offset & (SECTOR_SIZE - 1)), avail);
 	kvfree(bounce);
 	if (r)
-		DMERR_LIMIT("%s: layer %u: metadata read of %zu bytes at %llu failed: %d",
+		DMERR_LIMIT("%s: layer %u: read of %zu bytes at %llu failed: %d",
 			    qcow2_dev_name(qt), layer->idx, len, offset, r);
 	return r;
+}
+
+/* Metadata read (counted in the status line). */
+int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
+		     u64 offset, void *buf, size_t len)
+{
+	return __qcow2_read(qt, layer, offset, buf, len, true);
+}
+
+/* Guest data read into a buffer: copy-on-write sources, compressed streams. */
+int qcow2_read_data(struct qcow2_target *qt, struct qcow2_layer *layer,
+		    u64 offset, void *buf, size_t len)
+{
+	return __qcow2_read(qt, layer, offset, buf, len, false);
 }
 
 /*
@@ -105,6 +120,7 @@ struct qcow2_args {
 	const char *backing_dev[QCOW2_MAX_LAYERS];
 	const char *snapshot;
 	u64 cache_size;
+	bool lazy_refcounts;
 };
 
 static int qcow2_parse_args(struct dm_target *ti, struct dm_arg_set *as,
@@ -155,6 +171,8 @@ static int qcow2_parse_args(struct dm_target *ti, struct dm_arg_set *as,
 			}
 			a->snapshot = dm_shift_arg(as);
 			argc--;
+		} else if (!strcasecmp(name, "lazy_refcounts")) {
+			a->lazy_refcounts = true;
 		} else if (!strcasecmp(name, "cache_size")) {
 			if (!argc || kstrtoull(dm_shift_arg(as), 10, &a->cache_size)) {
 				ti->error = "cache_size needs a number of bytes";
@@ -402,6 +420,10 @@ static int qcow2_open_writable(struct qcow2_target *qt)
 		ti->error = "Image device is read-only";
 		return -EROFS;
 	}
+	if (qt->lazy_refcounts && qi->version < 3) {
+		ti->error = "lazy_refcounts needs a version 3 image";
+		return -EINVAL;
+	}
 
 	bytes = (u64)qi->refcount_table_clusters << qi->cluster_bits;
 	qt->reftable_entries = bytes / sizeof(u64);
@@ -448,7 +470,7 @@ static void qcow2_dtr(struct dm_target *ti)
 		destroy_workqueue(qt->wq);
 	/* Normally postsuspend committed already; this is cheap then. */
 	if (qt->reftable && qt->cache && qt->mode == QCOW2_MODE_RW)
-		qcow2_commit(qt);
+		qcow2_commit_clean(qt);
 	while (!list_empty(&qt->deferred)) {
 		struct list_head *d = qt->deferred.next;
 
@@ -518,6 +540,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	if (r)
 		goto bad;
 	qt->cache_size = a->cache_size;
+	qt->lazy_refcounts = a->lazy_refcounts;
 	if (a->snapshot) {
 		qt->snapshot_id = kstrdup(a->snapshot, GFP_KERNEL);
 		if (!qt->snapshot_id) {
@@ -648,7 +671,8 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_TABLE:
 		nr_opt = 3 * (qt->nr_layers - 1) + (qt->snapshot_id ? 2 : 0) +
-			 (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE ? 2 : 0);
+			 (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE ? 2 : 0) +
+			 qt->lazy_refcounts;
 		DMEMIT("%s", qt->layers[0].dev->name);
 		if (nr_opt)
 			DMEMIT(" %u", nr_opt);
@@ -660,6 +684,8 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" snapshot %s", qt->snapshot_id);
 		if (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE)
 			DMEMIT(" cache_size %llu", qt->cache_size);
+		if (qt->lazy_refcounts)
+			DMEMIT(" lazy_refcounts");
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
@@ -688,7 +714,67 @@ static void qcow2_postsuspend(struct dm_target *ti)
 
 	/* Everything in flight has completed: write all metadata back. */
 	if (qt->reftable && qt->mode == QCOW2_MODE_RW)
-		qcow2_commit(qt);
+		qcow2_commit_clean(qt);
+	qt->suspended = true;
+}
+
+/*
+ * Re-read every layer after a suspend: while suspended, userspace may have
+ * changed the image (qemu-img snapshot, resize, commit...).
+ */
+static int qcow2_reload(struct qcow2_target *qt)
+{
+	struct dm_target *ti = qt->ti;
+	unsigned int k;
+	int r;
+
+	qcow2_cache_invalidate_all(qt->cache);
+	qcow2_dpool_forget(qt->dpool);
+	for (k = 0; k < qt->nr_layers; k++) {
+		struct qcow2_layer *layer = &qt->layers[k];
+
+		kvfree(layer->l1);
+		layer->l1 = NULL;
+		memset(&layer->qi, 0, sizeof(layer->qi));
+		r = qcow2_open_layer(qt, layer, k ? NULL : qt->snapshot_id);
+		if (r)
+			return r;
+	}
+	if (ti->len > qt->layers[0].size >> SECTOR_SHIFT) {
+		ti->error = "The image is now smaller than the target";
+		return -EINVAL;
+	}
+	if (qt->reftable) {
+		kvfree(qt->reftable);
+		bitmap_free(qt->reftable_dirty);
+		bitmap_free(qt->l1_dirty);
+		qt->reftable = NULL;
+		qt->reftable_dirty = NULL;
+		qt->l1_dirty = NULL;
+		qt->free_hint = 0;
+		clear_bit(QCOW2_FLAG_NOSPACE, &qt->flags);
+		r = qcow2_open_writable(qt);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static int qcow2_preresume(struct dm_target *ti)
+{
+	struct qcow2_target *qt = ti->private;
+	int r;
+
+	if (!qt->suspended || qt->mode == QCOW2_MODE_FAIL)
+		return 0;
+	qt->suspended = false;
+	r = qcow2_reload(qt);
+	if (r) {
+		DMERR("%s: cannot re-read the image on resume: %s",
+		      qcow2_dev_name(qt), ti->error);
+		qcow2_set_mode(qt, QCOW2_MODE_FAIL, "image changed while suspended");
+	}
+	return 0;
 }
 
 static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
@@ -710,6 +796,7 @@ static struct target_type qcow2_target = {
 	.map = qcow2_map,
 	.end_io = qcow2_end_io,
 	.postsuspend = qcow2_postsuspend,
+	.preresume = qcow2_preresume,
 	.io_hints = qcow2_io_hints,
 	.status = qcow2_status,
 	.iterate_devices = qcow2_iterate_devices,

@@ -54,6 +54,7 @@ struct qcow2_deferred {
 };
 
 static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len);
+static int qcow2_set_dirty_bit(struct qcow2_target *qt, bool dirty);
 
 static struct qcow2_layer *qcow2_top(struct qcow2_target *qt)
 {
@@ -496,24 +497,28 @@ static int qcow2_apply_deferred(struct qcow2_target *qt)
  * file).  Returns 0 or the error that failed the commit; a failed commit
  * switches the device to fail mode, since on-disk metadata is then unknown.
  */
-static int __qcow2_commit(struct qcow2_target *qt)
+static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	struct block_device *bdev = top->dev->bdev;
 	bool wrote = false;
-	int r;
+	int r = 0;
 
 	down_write(&qt->update_sem);
-	r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
+	if (refcounts)
+		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 	/* Also makes the data of every completed write durable. */
 	if (r >= 0)
 		r = blkdev_issue_flush(bdev);
-	if (!r)
+	if (!r && refcounts)
 		r = qcow2_table_writeback(qt, qt->reftable, qt->reftable_entries,
 					  top->qi.refcount_table_offset,
 					  qt->reftable_dirty, &wrote);
 	if (!r && wrote)
 		r = blkdev_issue_flush(bdev);
+	/* Lazy refcounts: references may now get ahead of their refcounts. */
+	if (!r && !refcounts && !qt->dirty_bit)
+		r = qcow2_set_dirty_bit(qt, true);
 	wrote = false;
 	if (!r)
 		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_MAPPING);
@@ -533,23 +538,68 @@ static int __qcow2_commit(struct qcow2_target *qt)
 	return r;
 }
 
-/*
- * Group commit: a caller needs a commit that started after it called; one
- * that started later and finished serves it too.
- */
-int qcow2_commit(struct qcow2_target *qt)
+/* Set or clear the dirty bit (lazy refcounts), durably. */
+static int qcow2_set_dirty_bit(struct qcow2_target *qt, bool dirty)
 {
-	u64 seen = READ_ONCE(qt->commits_started);
+	struct qcow2_info *qi = &qcow2_top(qt)->qi;
+	u64 incompat = qi->incompatible_features;
+	__be64 val;
 	int r;
 
+	if (dirty)
+		incompat |= QCOW2_INCOMPAT_DIRTY;
+	else
+		incompat &= ~QCOW2_INCOMPAT_DIRTY;
+	val = cpu_to_be64(incompat);
+	r = qcow2_write_header(qt, offsetof(struct qcow2_header, incompatible_features),
+			       &val, sizeof(val));
+	if (!r) {
+		qi->incompatible_features = incompat;
+		qt->dirty_bit = dirty;
+	}
+	return r;
+}
+
+/*
+ * Group commit: a caller needs a commit that started after it called; one
+ * that started later and finished serves it too.  With lazy refcounts a
+ * flush leaves refcount blocks in memory (@full false); a full commit writes
+ * them too.
+ */
+int qcow2_commit(struct qcow2_target *qt, bool full)
+{
+	u64 *started, seen;
+	int r;
+
+	full |= !qt->lazy_refcounts;
+	started = full ? &qt->full_commits_started : &qt->commits_started;
+	seen = READ_ONCE(*started);
 	mutex_lock(&qt->commit_mutex);
-	if (qt->commits_started > seen) {
+	if (*started > seen) {
 		r = qt->commit_error;
 	} else {
 		qt->commits_started++;
-		r = __qcow2_commit(qt);
+		if (full)
+			qt->full_commits_started++;
+		r = __qcow2_commit(qt, full);
 		qt->commit_error = r;
 	}
+	mutex_unlock(&qt->commit_mutex);
+	return r;
+}
+
+/*
+ * Clean shutdown or suspend: write everything back and, with lazy
+ * refcounts, clear the dirty bit.
+ */
+int qcow2_commit_clean(struct qcow2_target *qt)
+{
+	int r;
+
+	r = qcow2_commit(qt, true);
+	mutex_lock(&qt->commit_mutex);
+	if (!r && qt->dirty_bit)
+		r = qcow2_set_dirty_bit(qt, false);
 	mutex_unlock(&qt->commit_mutex);
 	return r;
 }
@@ -568,7 +618,7 @@ static int qcow2_begin_update(struct qcow2_target *qt)
 
 	while (!qcow2_cache_reserve(qt->cache, QCOW2_UPDATE_SLICES) ||
 	       READ_ONCE(qt->nr_deferred) > QCOW2_MAX_DEFERRED) {
-		r = qcow2_commit(qt);
+		r = qcow2_commit(qt, true);
 		if (r)
 			return r;
 		if (qcow2_cache_reserve(qt->cache, QCOW2_UPDATE_SLICES))
@@ -644,7 +694,7 @@ static int qcow2_fill(struct qcow2_target *qt, enum qcow2_cluster_type type,
 
 	switch (type) {
 	case QCOW2_CL_NORMAL:
-		return qcow2_read_bytes(qt, top, (old->entry & QCOW2_L2E_OFFSET_MASK) + from,
+		return qcow2_read_data(qt, top, (old->entry & QCOW2_L2E_OFFSET_MASK) + from,
 					buf, len);
 	case QCOW2_CL_COMPRESSED:
 		return qcow2_decompress_to_buf(qt, top, old->entry, from, buf, len);
@@ -655,7 +705,7 @@ static int qcow2_fill(struct qcow2_target *qt, enum qcow2_cluster_type type,
 			qcow2_resolve(qt, 1, guest, len, false, &run);
 			switch (run.type) {
 			case QCOW2_RUN_DATA:
-				r = qcow2_read_bytes(qt, run.layer, run.host, buf, run.len);
+				r = qcow2_read_data(qt, run.layer, run.host, buf, run.len);
 				break;
 			case QCOW2_RUN_COMPRESSED:
 				r = qcow2_decompress_to_buf(qt, run.layer, run.entry,
@@ -1037,7 +1087,7 @@ blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
 		done += len;
 	}
 	if (!r && (bio->bi_opf & REQ_FUA))
-		r = qcow2_commit(qt);
+		r = qcow2_commit(qt, false);
 	if (r == -ENOSPC)
 		return BLK_STS_NOSPC;
 	return errno_to_blk_status(r);

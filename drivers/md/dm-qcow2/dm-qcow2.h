@@ -91,7 +91,11 @@ struct qcow2_target {
 	struct rw_semaphore update_sem;	/* updates (read) vs commit (write) */
 	struct mutex commit_mutex;
 	u64 commits_started;
+	u64 full_commits_started;	/* ... that wrote refcounts too */
 	int commit_error;
+	bool lazy_refcounts;		/* refcounts written on suspend/pressure only */
+	bool dirty_bit;			/* we set the image's dirty bit */
+	bool suspended;			/* postsuspend ran: resume re-reads the image */
 	struct mutex cluster_locks[1 << QCOW2_CLUSTER_LOCK_BITS];
 	u64 *reftable;			/* refcount table, CPU order */
 	u64 reftable_entries;
@@ -123,6 +127,8 @@ struct qcow2_bio {
 /* dm-qcow2-target.c */
 int qcow2_read_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
 		     u64 offset, void *buf, size_t len);
+int qcow2_read_data(struct qcow2_target *qt, struct qcow2_layer *layer,
+		    u64 offset, void *buf, size_t len);
 int qcow2_write_bytes(struct qcow2_target *qt, struct qcow2_layer *layer,
 		      u64 offset, const void *buf, size_t len);
 
@@ -155,6 +161,7 @@ bool qcow2_cache_has_dirty(struct qcow2_cache *cache);
 void qcow2_cache_invalidate(struct qcow2_cache *cache, struct qcow2_layer *layer,
 			    u64 offset, u64 len);
 int qcow2_cache_writeback(struct qcow2_cache *cache, unsigned int group);
+void qcow2_cache_invalidate_all(struct qcow2_cache *cache);
 void qcow2_cache_get_stats(struct qcow2_cache *cache,
 			   struct qcow2_cache_stats *st);
 
@@ -190,12 +197,14 @@ void qcow2_set_mode(struct qcow2_target *qt, enum qcow2_mode mode,
 void qcow2_corrupt(struct qcow2_target *qt, const char *why);
 int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
 		       const void *val, unsigned int len);
-int qcow2_commit(struct qcow2_target *qt);
+int qcow2_commit(struct qcow2_target *qt, bool full);
+int qcow2_commit_clean(struct qcow2_target *qt);
 blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio);
 
 /* dm-qcow2-compress.c: compressed clusters */
 struct qcow2_dpool *qcow2_dpool_create(struct qcow2_target *qt);
 void qcow2_dpool_destroy(struct qcow2_dpool *pool);
+void qcow2_dpool_forget(struct qcow2_dpool *pool);
 int qcow2_read_compressed(struct qcow2_target *qt, struct qcow2_layer *layer,
 			  u64 entry, u64 offset_in_cluster, struct bio *bio);
 int qcow2_decompress_to_buf(struct qcow2_target *qt, struct qcow2_layer *layer,
