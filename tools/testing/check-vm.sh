@@ -11,20 +11,8 @@ set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top" || exit 1
-pass=0
-fail=0
-skip=0
-
-count() {
-	# Add the counts of a "...: N passed, N failed[, N skipped]" line.
-	local line=$1 p f s
-	p=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$line")
-	f=$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$line")
-	s=$(sed -n 's/.* \([0-9]*\) skipped.*/\1/p' <<<"$line")
-	pass=$((pass + ${p:-0}))
-	fail=$((fail + ${f:-0}))
-	skip=$((skip + ${s:-0}))
-}
+# shellcheck source=tools/testing/counts.sh
+. tools/testing/counts.sh
 
 for kver in "$@"; do
 	echo "# ==== kernel $kver"
@@ -38,7 +26,7 @@ for kver in "$@"; do
 	echo "$out"
 	line=$(grep -E '[0-9]+ passed, [0-9]+ failed' <<<"$out" | tail -n 1)
 	if [ -n "$line" ]; then
-		count "$line"
+		add_counts "$line"
 	else
 		echo "not ok - runner self-check on $kver gave no summary"
 		fail=$((fail + 1))
@@ -50,10 +38,10 @@ for kver in "$@"; do
 		--disk 2G --disk 2G --mem 3072 --timeout 2400 -- \
 		selftests/dm-qcow2/run_tests.sh ${SELFTESTS:-} | tee "$log"
 	rc=${PIPESTATUS[0]}
-	line=$(grep -E 'selftests: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+	line=$(summary_line "$log")
 	rm -f "$log"
 	if [ -n "$line" ]; then
-		count "$line"
+		add_counts "$line"
 	fi
 	if [ "$rc" != 0 ] && { [ -z "$line" ] || grep -q ' 0 failed' <<<"$line"; }; then
 		# The suite did not finish, or the VM runner found a kernel report

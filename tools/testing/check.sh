@@ -7,27 +7,21 @@ set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top" || exit 1
-pass=0
-fail=0
-skip=0
+# shellcheck source=tools/testing/counts.sh
+. tools/testing/counts.sh
 start=$(date +%s)
 
 run_part() {
-	local name=$1 log line p f s rc
+	local name=$1 log line rc failed_before=$fail
 	shift
 	echo "## $name"
 	log=$(mktemp)
 	"$@" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
-	line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+	line=$(summary_line "$log")
 	rm -f "$log"
-	p=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$line")
-	f=$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$line")
-	s=$(sed -n 's/.* \([0-9]*\) skipped.*/\1/p' <<<"$line")
-	pass=$((pass + ${p:-0}))
-	fail=$((fail + ${f:-0}))
-	skip=$((skip + ${s:-0}))
-	if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then
+	add_counts "$line"
+	if [ "$rc" != 0 ] && [ "$fail" = "$failed_before" ]; then
 		echo "not ok - $name exited with status $rc"
 		fail=$((fail + 1))
 	fi

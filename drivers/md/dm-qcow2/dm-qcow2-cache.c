@@ -182,13 +182,16 @@ static int qcow2_slice_read(struct qcow2_cache *c, struct qcow2_slice *s)
 				1U << layer->slice_bits);
 }
 
-/*
- * Return the slice at byte @offset (slice aligned) of @layer's device, pinned.
- * With @nowait, return ERR_PTR(-EWOULDBLOCK) instead of reading or waiting.
- */
-struct qcow2_slice *qcow2_slice_get(struct qcow2_cache *c,
-				    struct qcow2_layer *layer, u64 offset,
-				    bool nowait)
+enum qcow2_get_mode {
+	QCOW2_GET_READ,		/* read it on a miss */
+	QCOW2_GET_NOWAIT,	/* -EWOULDBLOCK instead of reading or waiting */
+	QCOW2_GET_NEW,		/* zero-filled, never read: new metadata */
+};
+
+static struct qcow2_slice *__qcow2_slice_get(struct qcow2_cache *c,
+					     struct qcow2_layer *layer,
+					     u64 offset,
+					     enum qcow2_get_mode mode)
 {
 	struct qcow2_slice *s;
 	int r;
@@ -196,26 +199,26 @@ struct qcow2_slice *qcow2_slice_get(struct qcow2_cache *c,
 	spin_lock(&c->lock);
 again:
 	s = qcow2_lookup(c, layer, offset);
-	if (s) {
-		if (test_bit(QCOW2_SLICE_LOADING, &s->flags)) {
-			if (nowait)
-				goto would_block;
-			s->pins++;
-			spin_unlock(&c->lock);
-			wait_event(c->wait, !test_bit(QCOW2_SLICE_LOADING, &s->flags));
-			if (test_bit(QCOW2_SLICE_ERROR, &s->flags)) {
-				qcow2_slice_put(c, s);
-				return ERR_PTR(-EIO);
-			}
-			return s;
+	if (s && test_bit(QCOW2_SLICE_LOADING, &s->flags)) {
+		if (mode == QCOW2_GET_NOWAIT)
+			goto would_block;
+		s->pins++;
+		spin_unlock(&c->lock);
+		wait_event(c->wait, !test_bit(QCOW2_SLICE_LOADING, &s->flags));
+		if (test_bit(QCOW2_SLICE_ERROR, &s->flags)) {
+			qcow2_slice_put(c, s);
+			return ERR_PTR(-EIO);
 		}
+		goto found;
+	}
+	if (s) {
 		if (!s->pins++ && !test_bit(QCOW2_SLICE_DIRTY, &s->flags))
 			list_del_init(&s->lru);
 		c->hits++;
 		spin_unlock(&c->lock);
-		return s;
+		goto found;
 	}
-	if (nowait)
+	if (mode == QCOW2_GET_NOWAIT)
 		goto would_block;
 
 	s = qcow2_slice_take(c);
@@ -233,8 +236,12 @@ again:
 	s->layer = layer;
 	s->offset = offset;
 	s->pins = 1;
-	s->flags = BIT(QCOW2_SLICE_LOADING);
+	s->flags = mode == QCOW2_GET_READ ? BIT(QCOW2_SLICE_LOADING) : 0;
 	hlist_add_head(&s->hash, qcow2_bucket(c, layer, offset));
+	if (mode == QCOW2_GET_NEW) {
+		spin_unlock(&c->lock);
+		goto found;
+	}
 	c->misses++;
 	c->reads++;
 	spin_unlock(&c->lock);
@@ -255,9 +262,37 @@ again:
 	}
 	return s;
 
+found:
+	/* New metadata: whatever was cached or on disk there is garbage. */
+	if (mode == QCOW2_GET_NEW)
+		memset(page_address(s->page), 0, PAGE_SIZE);
+	return s;
+
 would_block:
 	spin_unlock(&c->lock);
 	return ERR_PTR(-EWOULDBLOCK);
+}
+
+/*
+ * Return the slice at byte @offset (slice aligned) of @layer's device, pinned.
+ * With @nowait, return ERR_PTR(-EWOULDBLOCK) instead of reading or waiting.
+ */
+struct qcow2_slice *qcow2_slice_get(struct qcow2_cache *c,
+				    struct qcow2_layer *layer, u64 offset,
+				    bool nowait)
+{
+	return __qcow2_slice_get(c, layer, offset,
+				 nowait ? QCOW2_GET_NOWAIT : QCOW2_GET_READ);
+}
+
+/*
+ * Return the slice at @offset pinned and zero-filled, without reading it:
+ * for metadata clusters just allocated (their on-disk content is garbage).
+ */
+struct qcow2_slice *qcow2_slice_get_new(struct qcow2_cache *c,
+					struct qcow2_layer *layer, u64 offset)
+{
+	return __qcow2_slice_get(c, layer, offset, QCOW2_GET_NEW);
 }
 
 void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
@@ -280,47 +315,6 @@ void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
 		qcow2_slice_free(s);
 	if (wake)
 		wake_up_all(&c->wait);
-}
-
-/*
- * Return the slice at @offset pinned and zero-filled, without reading it:
- * for metadata clusters just allocated (their on-disk content is garbage).
- */
-struct qcow2_slice *qcow2_slice_get_new(struct qcow2_cache *c,
-					struct qcow2_layer *layer, u64 offset)
-{
-	struct qcow2_slice *s;
-
-	spin_lock(&c->lock);
-again:
-	s = qcow2_lookup(c, layer, offset);
-	if (s) {
-		/* A stale copy of freed metadata: nobody else can be using it. */
-		if (!s->pins++ && !test_bit(QCOW2_SLICE_DIRTY, &s->flags))
-			list_del_init(&s->lru);
-		spin_unlock(&c->lock);
-		memset(page_address(s->page), 0, PAGE_SIZE);
-		return s;
-	}
-	s = qcow2_slice_take(c);
-	if (!s) {
-		spin_unlock(&c->lock);
-		wait_event(c->wait, !list_empty(&c->lru) || c->used < c->slots);
-		spin_lock(&c->lock);
-		goto again;
-	}
-	if (qcow2_lookup(c, layer, offset)) {
-		list_add_tail(&s->lru, &c->lru);
-		goto again;
-	}
-	s->layer = layer;
-	s->offset = offset;
-	s->pins = 1;
-	s->flags = 0;
-	hlist_add_head(&s->hash, qcow2_bucket(c, layer, offset));
-	spin_unlock(&c->lock);
-	memset(page_address(s->page), 0, PAGE_SIZE);
-	return s;
 }
 
 /*
