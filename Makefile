@@ -21,7 +21,7 @@ CHECK_KVERS ?= $(shell $(SRCDIR)/tools/testing/kvers.sh)
 
 MODULE_SRCS := Kbuild $(shell cd $(SRCDIR) && find drivers include -name '*.[ch]' -not -path '*/probes/*')
 
-.PHONY: all modules deps install clean check check-build check-unit check-vm demo help
+.PHONY: all modules deps install clean check check-build check-unit check-vm demo help qcow2setup
 
 all: modules
 
@@ -36,9 +36,13 @@ modules: deps
 	@$(SRCDIR)/scripts/shadow-tree.sh $(SRCDIR) $(BUILD) $(KDIR)
 	$(MAKE) -C $(KDIR) M=$(BUILD) modules
 
-install: modules
+install: modules qcow2setup
 	$(MAKE) -C $(KDIR) M=$(BUILD) INSTALL_MOD_DIR=updates modules_install
 	depmod -a $(KVER)
+	$(MAKE) -C $(SRCDIR)/tools/qcow2setup install
+
+qcow2setup: deps
+	$(MAKE) -C $(SRCDIR)/tools/qcow2setup
 
 # Static checks: W=1 and sparse for every check kernel; any warning fails.
 check-build: deps
@@ -47,7 +51,7 @@ check-build: deps
 check-unit: deps
 	@$(MAKE) -s -C $(SRCDIR)/tools/testing/format-test test
 
-check-vm: deps
+check-vm: deps qcow2setup
 	@$(SRCDIR)/tools/testing/check-vm.sh $(CHECK_KVERS)
 
 check: deps
@@ -59,3 +63,4 @@ demo: deps
 clean:
 	rm -rf $(SRCDIR)/build
 	-@$(MAKE) -s -C $(SRCDIR)/tools/testing/format-test clean 2>/dev/null
+	-@$(MAKE) -s -C $(SRCDIR)/tools/qcow2setup clean 2>/dev/null

@@ -34,6 +34,14 @@ if [ $# = 0 ]; then
 fi
 run_part "static checks" tools/testing/check-build.sh "$@"
 run_part "format unit tests" make -s -C tools/testing/format-test test
+# The selftests use the host-built qcow2setup (the guest's tree is read-only).
+if make -s -C tools/qcow2setup >/dev/null; then
+	echo "ok - qcow2setup builds"
+	pass=$((pass + 1))
+else
+	echo "not ok - qcow2setup build"
+	fail=$((fail + 1))
+fi
 run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 
 echo "# make check took $(($(date +%s) - start)) s on kernels: $*"
