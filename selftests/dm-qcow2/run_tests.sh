@@ -40,14 +40,15 @@ usage()
 	sed -n 's/^# \{0,1\}//; /^Usage:/,/^$/p' "${BASH_SOURCE[0]}" | sed '$d'
 }
 
-# TEST_PROGS of the Makefile (":=", "=" and "+=", with continuation lines).
+# A variable of the Makefile (":=", "=" and "+=", with continuation lines):
+# TEST_PROGS by default.
 makefile_tests()
 {
 	[ -r "${DIR}/Makefile" ] || return 0
-	awk '
+	awk -v var="${1:-TEST_PROGS}" '
 		/\\$/ { sub(/\\$/, ""); buf = buf $0 " "; next }
 		{ line = buf $0; buf = "" }
-		line ~ /^[ \t]*TEST_PROGS[ \t]*(:|\+)?=/ {
+		line ~ ("^[ \t]*" var "[ \t]*(:|\\+)?=") {
 			sub(/^[^=]*=/, "", line)
 			n = split(line, w, /[ \t]+/)
 			for (i = 1; i <= n; i++)
@@ -106,7 +107,7 @@ main()
 		esac
 	done
 
-	local notes=()
+	local notes=() pending=()
 
 	if [ $# -gt 0 ]; then
 		for t in "$@"; do
@@ -116,8 +117,13 @@ main()
 		# TEST_PROGS first, in its order, then any other test_*.sh
 		# (sorted), so that a test missing from the Makefile still runs.
 		mapfile -t tests < <(makefile_tests)
+		mapfile -t pending < <(makefile_tests TEST_PROGS_PENDING)
 		for f in $(all_tests); do
 			[[ " ${tests[*]} " == *" ${f} "* ]] && continue
+			if [[ " ${pending[*]} " == *" ${f} "* ]]; then
+				notes+=("# note: ${f} is pending (a known open bug, see the Makefile): not run by default")
+				continue
+			fi
 			tests+=("${f}")
 			[ -r "${DIR}/Makefile" ] &&
 				notes+=("# note: ${f} is not in TEST_PROGS of the Makefile")

@@ -597,6 +597,9 @@ int qcow2_commit_clean(struct qcow2_target *qt)
 	int r;
 
 	r = qcow2_commit(qt, true);
+	/* Frees applied at its end dirtied refcount blocks: write them too. */
+	if (!r && qcow2_cache_has_dirty(qt->cache))
+		r = qcow2_commit(qt, true);
 	mutex_lock(&qt->commit_mutex);
 	if (!r && qt->dirty_bit)
 		r = qcow2_set_dirty_bit(qt, false);
