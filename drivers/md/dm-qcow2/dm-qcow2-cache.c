@@ -147,7 +147,12 @@ static struct qcow2_slice *qcow2_slice_take(struct qcow2_cache *c)
 {
 	struct qcow2_slice *s;
 
-	if (c->used < c->slots) {
+	/*
+	 * The bound applies to clean slices: when every slice is dirty or
+	 * pinned, go over it rather than wait (the commit that would clean
+	 * them may be the caller); the excess is freed when slices get clean.
+	 */
+	if (c->used < c->slots || list_empty(&c->lru)) {
 		c->used++;
 		spin_unlock(&c->lock);
 		s = kzalloc(sizeof(*s), GFP_NOIO);
@@ -306,7 +311,14 @@ void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
 			c->used--;
 			free = true;
 		} else if (!test_bit(QCOW2_SLICE_DIRTY, &s->flags)) {
-			list_add(&s->lru, &c->lru);
+			if (c->used > c->slots) {
+				/* Over the bound: give the page back. */
+				hash_del(&s->hash);
+				c->used--;
+				free = true;
+			} else {
+				list_add(&s->lru, &c->lru);
+			}
 		}
 		wake = wq_has_sleeper(&c->wait);
 	}

@@ -418,6 +418,13 @@ static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
 	queue_work(qt->wq, &qb->work);
 }
 
+/* dm core frees a killed bio without calling end_io: uncount it here. */
+static int qcow2_kill(struct qcow2_target *qt, struct bio *bio)
+{
+	qcow2_inflight_put(qt, dm_per_bio_data(bio, sizeof(struct qcow2_bio)));
+	return DM_MAPIO_KILL;
+}
+
 static int qcow2_map_write(struct qcow2_target *qt, struct bio *bio)
 {
 	u64 guest = (u64)dm_target_offset(qt->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
@@ -425,7 +432,7 @@ static int qcow2_map_write(struct qcow2_target *qt, struct bio *bio)
 	u64 host, run;
 
 	if (READ_ONCE(qt->mode) != QCOW2_MODE_RW)
-		return DM_MAPIO_KILL;
+		return qcow2_kill(qt, bio);
 	/* FUA needs the mapping durable too: the worker commits after it. */
 	if (bio_op(bio) != REQ_OP_WRITE || (bio->bi_opf & REQ_FUA) ||
 	    !qcow2_write_in_place(qt, guest, len, &host, &run)) {
@@ -461,7 +468,7 @@ int qcow2_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_REMAPPED;
 	}
 	if (unlikely(READ_ONCE(qt->mode) == QCOW2_MODE_FAIL))
-		return DM_MAPIO_KILL;
+		return qcow2_kill(qt, bio);
 	if (bio_op(bio) != REQ_OP_READ) {
 		if (!qt->reftable)
 			return DM_MAPIO_KILL;
@@ -489,6 +496,6 @@ int qcow2_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_SUBMITTED;
 	default:
 		atomic64_inc(&qt->io_errors);
-		return DM_MAPIO_KILL;
+		return qcow2_kill(qt, bio);
 	}
 }

@@ -419,9 +419,15 @@ static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len)
 {
 	struct qcow2_deferred *d;
 
-	if (!list_empty(&qt->deferred)) {
+	/*
+	 * Merge whole clusters only: compressed byte ranges may share a host
+	 * cluster, and each range holds its own reference to it.
+	 */
+	if (!list_empty(&qt->deferred) &&
+	    !((offset | len) & (qcow2_top(qt)->qi.cluster_size - 1))) {
 		d = list_last_entry(&qt->deferred, struct qcow2_deferred, list);
-		if (d->offset + d->len == offset) {
+		if (d->offset + d->len == offset &&
+		    !((d->offset | d->len) & (qcow2_top(qt)->qi.cluster_size - 1))) {
 			d->len += len;
 			return 0;
 		}
