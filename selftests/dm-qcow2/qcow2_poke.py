@@ -18,6 +18,13 @@ Subcommands (IMG is an image file; GOFF a guest byte offset):
   l2-addr IMG GOFF               file offset of the L2 entry mapping GOFF
   l2-get IMG GOFF                print the L2 entry (and bitmap with ext. L2)
   l2-set IMG GOFF VALUE [BITMAP] overwrite the L2 entry (and bitmap)
+  l1-mod IMG IDX EXPR            L1[IDX] = EXPR, a python expression of the
+                                 current entry e (e.g. "e + 512")
+  l2-mod IMG GOFF EXPR [BMEXPR]  same for the L2 entry mapping GOFF (and
+                                 the ext. L2 bitmap, variable bm); prints
+                                 the old and new entries
+  garble-compressed IMG GOFF [N] overwrite the first N (512) bytes of the
+                                 compressed stream of GOFF's cluster with 0xff
   ext-list IMG                   header extensions: offset type len
   ext-set-len IMG TYPE LEN       set the length field of extension TYPE
   ext-add IMG TYPE HEXDATA       append an extension before the end marker
@@ -296,6 +303,43 @@ def cmd_l2_set(a):
         img.write(addr + 8, struct.pack(">Q", num(a[3])))
 
 
+def _expr(expr, **kw):
+    return eval(expr, {"__builtins__": {}}, kw) & 0xFFFFFFFFFFFFFFFF
+
+
+def cmd_l1_mod(a):
+    img = Image(a[0], write=True)
+    idx = num(a[1])
+    e = img.l1_get(idx)
+    new = _expr(a[2], e=e)
+    img.write(img.l1_addr(idx), struct.pack(">Q", new))
+    print("%#018x -> %#018x" % (e, new))
+
+
+def cmd_l2_mod(a):
+    img = Image(a[0], write=True)
+    addr = img.l2_addr(num(a[1]))
+    e = img.u(addr, 8)
+    bm = img.u(addr + 8, 8) if img.ext_l2 else 0
+    new = _expr(a[2], e=e, bm=bm)
+    img.write(addr, struct.pack(">Q", new))
+    if len(a) > 3:
+        if not img.ext_l2:
+            die("bitmap given for an image without extended L2")
+        img.write(addr + 8, struct.pack(">Q", _expr(a[3], e=e, bm=bm)))
+    print("%#018x -> %#018x" % (e, new))
+
+
+def cmd_garble_compressed(a):
+    img = Image(a[0], write=True)
+    e, _ = img.l2_get(num(a[1]))
+    if not e & OFLAG_COMPRESSED:
+        die("cluster at %s is not compressed (%#x)" % (a[1], e))
+    coff, csize = img.compressed_range(e)
+    n = min(num(a[2]) if len(a) > 2 else 512, csize)
+    img.write(coff, b"\xff" * n)
+
+
 def cmd_ext_list(a):
     for off, t, ln in Image(a[0]).extensions():
         print("%d %#010x %d" % (off, t, ln))
@@ -404,6 +448,9 @@ CMDS = {
     "l2-addr": (cmd_l2_addr, 2),
     "l2-get": (cmd_l2_get, 2),
     "l2-set": (cmd_l2_set, 3),
+    "l1-mod": (cmd_l1_mod, 3),
+    "l2-mod": (cmd_l2_mod, 3),
+    "garble-compressed": (cmd_garble_compressed, 2),
     "ext-list": (cmd_ext_list, 1),
     "ext-set-len": (cmd_ext_set_len, 3),
     "ext-add": (cmd_ext_add, 3),

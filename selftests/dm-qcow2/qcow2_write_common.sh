@@ -262,25 +262,32 @@ _wimg_flag()
 }
 
 # _wbg_wait SECS CMD [ARGS...]   run CMD in the background and wait for it at
-# most SECS seconds.  Returns CMD's status, or 124 if it is still running
-# (then the blocked tasks are dumped to the kernel log with sysrq-w and CMD
-# is left behind: a process stuck in the kernel cannot be killed).
+# most SECS seconds; its output is printed when it ends.  Returns CMD's
+# status, or 124 if it is still running (then the blocked tasks are dumped
+# to the kernel log with sysrq-w and CMD is left behind: a process stuck in
+# the kernel cannot be killed; its output goes to a file, so that it does
+# not keep the test's output pipe open).
 _wbg_wait()
 {
-	local secs=$1 pid i
+	local secs=$1 pid i rc out=$WORK/.bg.$RANDOM
 	shift
-	"$@" &
+	"$@" >"$out" 2>&1 </dev/null &
 	pid=$!
 	for ((i = 0; i < secs * 2; i++)); do
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.5
 	done
 	if kill -0 "$pid" 2>/dev/null; then
+		cat "$out"
 		_qdiag "'$*' still running after $secs s: hung? (blocked tasks: sysrq-w in the kernel log)"
 		echo w >/proc/sysrq-trigger 2>/dev/null
 		return 124
 	fi
 	wait "$pid"
+	rc=$?
+	cat "$out"
+	rm -f "$out"
+	return $rc
 }
 
 # _wconvert IMG OUT [convert args]   QEMU's view of IMG as raw OUT
@@ -326,4 +333,18 @@ _wreload()
 _event_nr()
 {
 	dmsetup info "$1" 2>/dev/null | sed -n 's/^Event number:[[:space:]]*//p'
+}
+
+# _wguard SECS WHAT CMD...   _wbg_wait SECS CMD; if CMD still runs after SECS
+# the device hangs: fail the whole test now (nothing after it could
+# complete).  Otherwise CMD's status, with a diagnostic if it failed.
+_wguard()
+{
+	local secs=$1 what=$2 rc
+	shift 2
+	_wbg_wait "$secs" "$@"
+	rc=$?
+	[ $rc -ne 124 ] || _fail "$what hangs"
+	[ $rc -eq 0 ] || _qdiag "$what failed (exit $rc)"
+	return $rc
 }

@@ -8,9 +8,12 @@
 # documented offsets (header fields with _put_be, L1/L2 entries with
 # qcow2_poke.py).  Three groups:
 #  1. REFUSE: one image per header validation rule.  `dmsetup create` must
-#     fail and the kernel log (since a mark) must contain "qcow2: " followed
-#     by a message matching the case's pattern (extended regex, matched
-#     case-insensitively), with no oops/WARN.
+#     fail and dm core's table error line since a mark ("device-mapper:
+#     table: <dev>: qcow2: <reason> (-Exxx)") must give a reason matching
+#     the case's pattern (extended regex, case-insensitive), with no
+#     oops/WARN.  Only that line counts: the target's detail lines repeat
+#     header fields ("refcount_order 4", ...) that loose patterns would
+#     match for any refusal.
 #  2. ACCEPT: images that must map read-only and read exactly like
 #     `qemu-img convert -O raw`: dirty bit (a real lazy-refcounts image left
 #     dirty by qemu-io abort), corrupt bit, unknown compatible and autoclear
@@ -25,12 +28,18 @@
 # GEN_ONLY=1 validates the corpus on the host: for REFUSE cases QEMU must
 # refuse to open the image for reading too (`qemu-io -r -c "read 0 512"`
 # fails), except cases marked "open" where QEMU is more lenient than the
-# target (noted per case); ACCEPT
-# cases must open in QEMU with unchanged content; RUNTIME cases must make
-# `qemu-io -r -c "read ..."` fail on the damaged range and succeed elsewhere.
+# target; ACCEPT cases must open in QEMU with unchanged content; RUNTIME
+# cases marked "eio" must make `qemu-io -r -c "read ..."` fail on the
+# damaged range ("lenient": QEMU reads it), every one must succeed elsewhere.
 #
-# Measured on the development host: building the base images ~1 s, the
-# whole corpus ~2 s; GEN_ONLY=1 run ~8 s.
+# QEMU 7.2 notes found on the way: `qemu-img info` segfaults (exit 139) on
+# the crypt_method 2 image without a FDE header extension (qemu-io reports
+# "Missing CRYPTO header for crypt method 2"); `qemu-img info` opens an image
+# with incompatible bit 2 and no data file (only I/O opens refuse it).
+#
+# Measured on the development host (2 vCPU, idle): building the base images
+# ~0.7 s, the whole corpus ~2 s; GEN_ONLY=1 run ~5-6 s.  In the TCG test VM:
+# ~180 s (52 cases, most of it process start-up).
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -99,42 +108,20 @@ ACCEPT=(
 #   zeros past EOF; it ignores reserved L2 bits on reads): the target is
 #   stricter by design.
 RUNTIME=(
-	"L2 entry beyond device :: b3 :: 65536 :: 65536 :: lenient :: _poke l2-set \$F \$GOFF \$(( (1 << 63) | $TIB ))"
-	"L2 entry reserved bit 1 :: b3 :: 131072 :: 65536 :: lenient :: _poke l2-set \$F \$GOFF \$(( \$(_poke l2-get \$F \$GOFF) | 2 ))"
-	"L2 entry misaligned offset :: b3 :: 196608 :: 65536 :: eio :: _poke l2-set \$F \$GOFF \$(( \$(_poke l2-get \$F \$GOFF) + 512 ))"
-	"L1 entry beyond device :: b3_4k :: 2097152 :: 2097152 :: lenient :: _poke l1-set \$F 1 \$(( (1 << 63) | $TIB ))"
-	"L1 entry misaligned :: b3_4k :: 2097152 :: 2097152 :: eio :: _poke l1-set \$F 1 \$(( \$(_poke l1-get \$F 1) + 512 ))"
-	"compressed beyond device :: comp :: 65536 :: 65536 :: eio :: _poke l2-set \$F \$GOFF \$(( (\$(_poke l2-get \$F \$GOFF) & ~((1 << 54) - 1)) | $TIB ))"
-	"deflate stream garbage :: comp :: 131072 :: 65536 :: eio :: _garble_stream \$F \$GOFF"
-	"zstd stream garbage :: zstd :: 131072 :: 65536 :: eio :: _garble_stream \$F \$GOFF"
-	"zero flag in a v2 image :: b2 :: 65536 :: 65536 :: eio :: _poke l2-set \$F \$GOFF \$(( \$(_poke l2-get \$F \$GOFF) | 1 ))"
-	"extended L2 alloc+zero bits :: ext :: 0 :: 65536 :: eio :: _garble_bitmap \$F \$GOFF"
+	"L2 entry beyond device :: b3 :: 65536 :: 65536 :: lenient :: _poke l2-mod \$F \$GOFF '(1 << 63) | (1 << 40)'"
+	"L2 entry reserved bit 1 :: b3 :: 131072 :: 65536 :: lenient :: _poke l2-mod \$F \$GOFF 'e | 2'"
+	"L2 entry misaligned offset :: b3 :: 196608 :: 65536 :: eio :: _poke l2-mod \$F \$GOFF 'e + 512'"
+	"L1 entry beyond device :: b3_4k :: 2097152 :: 2097152 :: lenient :: _poke l1-mod \$F 1 '(1 << 63) | (1 << 40)'"
+	"L1 entry misaligned :: b3_4k :: 2097152 :: 2097152 :: eio :: _poke l1-mod \$F 1 'e + 512'"
+	"compressed beyond device :: comp :: 65536 :: 65536 :: eio :: _poke l2-mod \$F \$GOFF '(e & ~((1 << 54) - 1)) | (1 << 40)'"
+	"deflate stream garbage :: comp :: 131072 :: 65536 :: eio :: _poke garble-compressed \$F \$GOFF 512"
+	"zstd stream garbage :: zstd :: 131072 :: 65536 :: eio :: _poke garble-compressed \$F \$GOFF 512"
+	"zero flag in a v2 image :: b2 :: 65536 :: 65536 :: eio :: _poke l2-mod \$F \$GOFF 'e | 1'"
+	"extended L2 alloc+zero bits :: ext :: 0 :: 65536 :: eio :: _poke l2-mod \$F \$GOFF e 'bm | (1 << 32) if bm & 1 else None'"
 )
 
 PAT=$WORK/pattern
 _pattern_file "$PAT" 4093 66
-
-# Overwrite the first 512 bytes of a compressed stream with 0xff (a raw
-# deflate block type 3 / not a zstd frame: decompression must fail).
-_garble_stream()
-{
-	local f=$1 goff=$2 e coff
-	e=$(_poke l2-get "$f" "$goff")
-	coff=$(( e & ((1 << 54) - 1) ))
-	[ $(( (e >> 62) & 1 )) = 1 ] || { _qdiag "cluster at $goff is not compressed"; return 1; }
-	_poke poke "$f" "$coff" "$(printf 'ff%.0s' $(seq 1 512))"
-}
-
-# Set the zero bit of a subcluster that is also allocated.
-_garble_bitmap()
-{
-	local f=$1 goff=$2 e bm
-	# shellcheck disable=SC2046
-	set -- $(_poke l2-get "$f" "$goff")
-	e=$1 bm=$2
-	[ $((bm & 1)) = 1 ] || { _qdiag "subcluster 0 not allocated (bitmap $bm)"; return 1; }
-	_poke l2-set "$f" "$goff" "$e" $((bm | (1 << 32)))
-}
 
 _make_bases()
 {
@@ -253,15 +240,21 @@ for c in "${REFUSE[@]}"; do
 	_result "$desc" $?
 done
 
+# _base_ref BASE   reference of an undamaged base image, converted once
+_base_ref()
+{
+	QREF=$WORK/ref-$1.raw
+	[ -f "$QREF" ] || _ref_raw "$WORK/$1.qcow2" "$QREF"
+}
+
 # ------------------------------------------------------------------ ACCEPT
-QREF=$WORK/ref.raw
 for c in "${ACCEPT[@]}"; do
 	N=$((N + 1))
 	_split "$c"
 	name=${FIELDS[0]} base=${FIELDS[1]} action=${FIELDS[2]}
 	desc="maps: $name"
 	# reference from the undamaged base (the pokes must not change data)
-	if ! _ref_raw "$WORK/$base.qcow2" "$QREF" || ! _damage "$base" "$action"; then
+	if ! _base_ref "$base" || ! _damage "$base" "$action"; then
 		_result "$desc: generation" 1
 		continue
 	fi
@@ -299,7 +292,7 @@ for c in "${RUNTIME[@]}"; do
 	name=${FIELDS[0]} base=${FIELDS[1]} GOFF=${FIELDS[2]} blen=${FIELDS[3]}
 	qemu=${FIELDS[4]} action=${FIELDS[5]}
 	desc="runtime: $name"
-	if ! _ref_raw "$WORK/$base.qcow2" "$QREF" || ! _damage "$base" "$action"; then
+	if ! _base_ref "$base" || ! _damage "$base" "$action"; then
 		_result "$desc: generation" 1
 		continue
 	fi

@@ -24,9 +24,12 @@
 # contain the cluster types the case claims (qcow2_poke.py stats), the read
 # battery must pass on the reference and must catch a flipped byte.
 #
-# Measured on the development host (2 vCPU, qemu-utils 7.2): GEN_ONLY=1 run
-# of all 39 images including the oracle checks ~24 s; image generation alone
-# (create + workload + reference) ~10 s.
+# Measured on the development host (2 vCPU, idle, qemu-utils 7.2): image
+# generation of the 30 images (create + workload + reference) ~4 s; the
+# GEN_ONLY=1 run with all oracle checks ~16 s.  In the TCG test VM
+# (run-vm.sh, 6.1 kernel) ~200 s with the host lightly loaded (~7 s per
+# image: generation ~2 s, mapping ~1-3 s, reads ~1-2 s; the rest is process
+# start-up), ~350 s when two TCG guests share the host.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"

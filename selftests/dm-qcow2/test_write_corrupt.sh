@@ -13,11 +13,14 @@
 #   and reads what QEMU reads; the image is left untouched.
 #
 # Runtime corruption: an image whose L2 entry for one cluster points beyond
-# the image device is mapped read-write.  Writing into that cluster fails
-# with EIO; the mode switches to "ro", the status shows "corrupt", a dm
-# event fired, the header has the corrupt bit (qemu-img info: corrupt:
-# true), writes anywhere else fail, reads of intact clusters still work,
-# and nothing oopses.  Afterwards a read-write table is refused.
+# the image device is mapped read-write, and a QEMU-written cluster is
+# discarded (its refcount decrement waits for the next commit).  Writing
+# into the bad cluster fails with EIO; the mode switches to "ro", the status
+# shows "corrupt", a dm event fired, the header has the corrupt bit
+# (qemu-img info: corrupt: true), writes, write-zeroes and discards anywhere
+# else fail, reads of intact clusters still work (the bad one fails), a
+# flush completes (with or without an error: it must not hang), and nothing
+# oopses.  Afterwards a read-write table is refused.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -30,7 +33,7 @@ K=1024
 DM=${QCOW2_DM_PREFIX}c
 
 ktap_header
-ktap_plan 9
+ktap_plan 10
 
 # _refused_rw NAME IMG   a read-write table for IMG fails, the kernel log
 # says how to repair it; the image file is unchanged
@@ -102,27 +105,30 @@ _ro_ok "$DM" "$CORR" || rc=1
 _result "corrupt image: read-only table works" $rc
 
 # --- runtime corruption -------------------------------------------------------
+# The bad cluster is at 6 MiB, away from where udev's blkid probes for
+# signatures (a read of it would already find the corruption).
 BAD=$WORK/bad.qcow2
+BADOFF=$((6 * M))
 rc=0
 _mkimg "$BAD" $((16 * M)) cluster_size=64k || rc=1
-_qio "$BAD" "write -P 0x11 0 256k" "write -P 0x22 1M 64k" "write -P 0x33 4M 64k" || rc=1
+_qio "$BAD" "write -P 0x11 0 256k" "write -P 0x33 4M 64k" "write -P 0x22 $BADOFF 64k" || rc=1
 _wroom "$BAD" $((16 * M)) || rc=1
 DEVSIZE=$(stat -c %s "$BAD")
-# cluster at 1 MiB -> a host cluster 1 GiB past the end of the device
+# the cluster at 6 MiB -> a host cluster 1 GiB past the end of the device
 BEYOND=$(((DEVSIZE + (1 << 30)) & ~(64 * K - 1)))
-_poke l2-set "$BAD" $M $(((1 << 63) | BEYOND)) || rc=1
-# what intact clusters hold
+_poke l2-set "$BAD" $BADOFF $(((1 << 63) | BEYOND)) || rc=1
+# what intact clusters hold (4 MiB is discarded below)
 dd if=/dev/zero of="$WORK/good.raw" bs=1M count=16 status=none
-python3 - "$WORK/good.raw" <<'EOF' || rc=1
-import sys
-with open(sys.argv[1], "r+b") as f:
-    f.seek(0); f.write(b"\x11" * 262144)
-    f.seek(4 << 20); f.write(b"\x33" * 65536)
-EOF
+head -c $((256 * K)) /dev/zero | tr '\0' '\021' |
+	dd of="$WORK/good.raw" bs=64k iflag=fullblock conv=notrunc status=none
 if [ $rc -eq 0 ] && _wmap "$DM" "$BAD"; then
 	_check_wstatus "$DM" rw || rc=1
 	EV0=$(_event_nr "$DM")
 	_read_direct "$MAP_DEV" 0 $((256 * K)) "$WORK/good.raw" || rc=1
+	# a cluster freed before the corruption (its refcount decrement waits
+	# for the next commit)
+	blkdiscard -o $((4 * M)) -l $((64 * K)) "$MAP_DEV" || { _qdiag "discard failed"; rc=1; }
+	_read_direct "$MAP_DEV" $((4 * M)) $((64 * K)) "$WORK/good.raw" || rc=1
 else
 	rc=1
 fi
@@ -131,7 +137,7 @@ _result "image with an L2 entry beyond the device maps read-write" $rc
 
 rc=0
 _qmark
-if dd if=/dev/urandom of="$MAP_DEV" bs=4k count=1 seek=$((M / 4096 + 3)) oflag=direct \
+if dd if=/dev/urandom of="$MAP_DEV" bs=4k count=1 seek=$((BADOFF / 4096 + 3)) oflag=direct \
 	status=none 2>"$WORK/dd.err"; then
 	_qdiag "write into the bad cluster succeeded"
 	rc=1
@@ -156,8 +162,8 @@ rc=0
 _result "the corrupt bit is set in the header" $rc
 
 rc=0
-# writes elsewhere: in place into an allocated cluster, and into an
-# unallocated one
+# writes elsewhere: in place into an allocated cluster, into an unallocated
+# one, write-zeroes, discard
 for seek in 0 $((8 * M / 4096)); do
 	if dd if=/dev/urandom of="$MAP_DEV" bs=4k count=1 seek=$seek oflag=direct \
 		status=none 2>"$WORK/dd.err"; then
@@ -165,29 +171,45 @@ for seek in 0 $((8 * M / 4096)); do
 		rc=1
 	fi
 done
-if dd if=/dev/urandom of="$MAP_DEV" bs=4k count=1 seek=$((8 * M / 4096)) conv=fsync \
-	status=none 2>/dev/null; then
-	_qdiag "a buffered write + fsync succeeded after the corruption"
-	rc=1
-fi
+blkdiscard -z -o $((9 * M)) -l $((64 * K)) "$MAP_DEV" 2>/dev/null &&
+	{ _qdiag "write-zeroes succeeded after the corruption"; rc=1; }
+blkdiscard -o $((10 * M)) -l $((64 * K)) "$MAP_DEV" 2>/dev/null &&
+	{ _qdiag "discard succeeded after the corruption"; rc=1; }
 # intact clusters still read; the bad one fails (EIO), not zeros
 _drop_cache "$MAP_DEV"
 _read_direct "$MAP_DEV" 0 $((256 * K)) "$WORK/good.raw" || rc=1
 _read_direct "$MAP_DEV" $((4 * M)) $((64 * K)) "$WORK/good.raw" || rc=1
 _read_direct "$MAP_DEV" $((12 * M)) $((64 * K)) "$WORK/good.raw" || rc=1
-if dd if="$MAP_DEV" of=/dev/null bs=4k count=1 skip=$((M / 4096)) iflag=direct \
+if dd if="$MAP_DEV" of=/dev/null bs=4k count=1 skip=$((BADOFF / 4096)) iflag=direct \
 	status=none 2>/dev/null; then
 	_qdiag "reading the bad cluster succeeded"
 	rc=1
 fi
+_wstatus "$DM" && [ "$WS_MODE" = ro ] || { _qdiag "mode ${WS_MODE:-?}, expected ro"; rc=1; }
 _check_dmesg_clean || rc=1
 _result "after the corruption: writes fail, intact clusters read, no oops" $rc
+
+# A flush must complete (with or without an error), also with a free pending
+# from before the corruption and writes refused since.
+rc=0
+_wbg_wait 60 dd if=/dev/urandom of="$MAP_DEV" bs=4k count=1 seek=$((8 * M / 4096)) \
+	conv=fsync status=none
+case $? in
+0) _qdiag "a buffered write + fsync succeeded after the corruption"; rc=1 ;;
+124) _qdiag "fsync after the corruption hangs"; rc=1 ;;
+esac
+if [ $rc -eq 0 ]; then
+	_wbg_wait 60 sync "$MAP_DEV"
+	[ $? -ne 124 ] || { _qdiag "sync (flush) after the corruption hangs"; rc=1; }
+fi
+_result "a flush after the corruption completes" $rc
 
 rc=0
 _wunmap "$DM"
 [ "$(_img_info "$BAD" format-specific.data.corrupt)" = true ] ||
 	{ _qdiag "corrupt bit lost after removal"; rc=1; }
 _refused_rw "$DM" "$BAD" || rc=1
+_check_dmesg_clean || rc=1
 _result "after removal the image is refused read-write" $rc
 
 ktap_finish

@@ -37,8 +37,9 @@ DM=${QCOW2_DM_PREFIX}nospc
 ktap_header
 ktap_plan 10
 
-# _dd_direct IN OFF_BYTES LEN_BYTES [DEV]   O_DIRECT 64 KiB writes; stderr in
-# $WORK/dd.err; prints the number of bytes dd reports as copied
+# _dd_direct IN OFF_BYTES LEN_BYTES [DEV]   O_DIRECT 64 KiB writes of the
+# first LEN bytes of IN at OFF; stderr in $WORK/dd.err; prints the number of
+# bytes dd reports as copied
 _dd_direct()
 {
 	local in=$1 off=$2 len=$3 dev=${4:-$MAP_DEV} rc
@@ -86,8 +87,8 @@ grep -q "No space left on device" "$WORK/dd.err" ||
 WRITTEN=${n:-0}
 _qdiag "dd wrote $WRITTEN bytes before the error"
 [ "$WRITTEN" -lt $((2 * M)) ] || { _qdiag "more was written than fits"; rc=1; }
-dd if="$WORK/data" of="$REF" bs=64k iflag=count_bytes,skip_bytes oflag=seek_bytes \
-	skip=$M seek=$M count="$WRITTEN" conv=notrunc status=none
+dd if="$WORK/data" of="$REF" bs=64k iflag=count_bytes oflag=seek_bytes \
+	seek=$M count="$WRITTEN" conv=notrunc status=none
 _result "writing past the space fails with ENOSPC" $rc
 
 # --- 4: status and event ------------------------------------------------
@@ -142,8 +143,8 @@ _wreload "$DM" "$TABLE" || rc=1
 _check_wstatus "$DM" rw || rc=1
 n=$(_dd_direct "$WORK/data" $M $((8 * M))) || { _qdiag "dd after growing: $(cat "$WORK/dd.err")"; rc=1; }
 [ "$n" = $((8 * M)) ] || { _qdiag "dd copied ${n:-?} bytes after growing"; rc=1; }
-dd if="$WORK/data" of="$REF" bs=64k iflag=skip_bytes,count_bytes oflag=seek_bytes \
-	skip=$M seek=$M count=$((8 * M)) conv=notrunc status=none
+dd if="$WORK/data" of="$REF" bs=64k iflag=count_bytes oflag=seek_bytes \
+	seek=$M count=$((8 * M)) conv=notrunc status=none
 # and a buffered write with fsync at the end of the disk
 dd if="$WORK/data" of="$MAP_DEV" bs=4k count=64 seek=$((60 * M / 4096)) conv=fsync \
 	status=none 2>"$WORK/dd.err" || { _qdiag "buffered write: $(cat "$WORK/dd.err")"; rc=1; }

@@ -42,8 +42,10 @@ ktap_plan 7
 _fio()
 {
 	local out rc
-	out=$(fio --output-format=normal "$2" 2>&1)
+	_wbg_wait 400 fio --output-format=normal --output="$WORK/fio.$1.out" "$2" >/dev/null
 	rc=$?
+	[ $rc -ne 124 ] || _fail "fio $1 hangs"
+	out=$(cat "$WORK/fio.$1.out" 2>/dev/null)
 	if [ $rc -ne 0 ] || echo "$out" | grep -Eq 'verify: bad|crc32c: verify failed|err= *[1-9]|fio: (io_u error|pid=.*error)'; then
 		_qdiag "fio $1 failed (exit $rc):" "$(echo "$out" | grep -Ei 'error|verify|err=|bad' | head -12)"
 		return 1

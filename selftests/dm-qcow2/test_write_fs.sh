@@ -95,10 +95,10 @@ _fs_case()
 	"${mkfs_opts[@]}" "$MAP_DEV" >"$WORK/mkfs.out" 2>&1 ||
 		{ _qdiag "${mkfs_opts[*]} failed: $(tail -3 "$WORK/mkfs.out")"; rc=1; }
 	if [ $rc -eq 0 ] && mount -t "$fstype" "$MAP_DEV" "$MNT"; then
-		_diffwork fswork "$MNT" --seed "$seed" --files 300 --sums "$sums" \
-			--fstrim-at 0.6 || rc=1
-		fstrim "$MNT" || { _qdiag "fstrim failed"; rc=1; }
-		umount "$MNT" || { _qdiag "umount failed"; rc=1; }
+		_wguard 400 "the file workload" _diffwork fswork "$MNT" --seed "$seed" \
+			--files 300 --sums "$sums" --fstrim-at 0.6 || rc=1
+		_wguard 120 fstrim fstrim "$MNT" || rc=1
+		_wguard 120 umount umount "$MNT" || rc=1
 		_mounted_sums "$MAP_DEV" "$fstype" ro "$sums" || rc=1
 	else
 		_qdiag "mount $MAP_DEV failed"

@@ -67,7 +67,20 @@ _zr()
 # _fsync_dev   fsync() on the device: a flush
 _fsync_dev()
 {
-	sync "$MAP_DEV" || { _qdiag "sync $MAP_DEV failed"; return 1; }
+	_wguard 120 "sync $MAP_DEV" sync "$MAP_DEV"
+}
+
+# _suspend   dmsetup suspend
+_suspend()
+{
+	_wguard 120 "dmsetup suspend" dmsetup suspend "$DM"
+}
+
+# _work SEED OPS LOG   seeded workload, then the whole device compared
+_work()
+{
+	_wguard 240 "the workload" _diffwork run --seed "$1" --dev "$MAP_DEV" --ref "$REF" \
+		--ops "$2" --cluster 65536 --log "$3" --compare
 }
 
 # --- 1 ------------------------------------------------------------------
@@ -101,7 +114,7 @@ _result "writes without flush leave dirty metadata" $rc
 # --- 2 ------------------------------------------------------------------
 rc=0
 _qmark
-dmsetup suspend "$DM" || { _qdiag "suspend failed"; rc=1; }
+_suspend || rc=1
 if _wstatus "$DM"; then
 	_qdiag "status while suspended: $WS_LINE"
 	[ "$WS_DIRTY" -eq 0 ] || { _qdiag "$WS_DIRTY dirty slices left after suspend"; rc=1; }
@@ -124,9 +137,7 @@ dmsetup resume "$DM" || { _qdiag "resume failed"; rc=1; }
 _wsync_udev
 _check_wstatus "$DM" rw || rc=1
 _wcompare "$MAP_DEV" "$REF" || rc=1
-_diffwork run --seed "$SEED" --dev "$MAP_DEV" --ref "$REF" --ops 150 --cluster 65536 \
-	--log "$WORK/ops.log" || rc=1
-_wcompare "$MAP_DEV" "$REF" --log "$WORK/ops.log" --cluster 65536 || rc=1
+_work "$SEED" 150 "$WORK/ops.log" || rc=1
 _check_wstatus "$DM" rw || rc=1
 _check_dmesg_clean || rc=1
 _result "resumed: reads, then a seeded workload, match the reference" $rc
@@ -148,7 +159,7 @@ _result "after a flush (fsync) the mapped image is consistent on disk" $rc
 rc=0
 _wr $((6 * M)) $((192 * K)) $((7 * M)) || rc=1
 _zr $((20 * M)) $((256 * K)) || rc=1          # frees clusters written by us
-dmsetup suspend "$DM" || { _qdiag "suspend failed"; rc=1; }
+_suspend || rc=1
 cp "$REF" "$WORK/snap.raw"
 out=$(qemu-img snapshot -c s1 "$IMG" 2>&1) || { _qdiag "qemu-img snapshot -c while suspended: $out"; rc=1; }
 _wcheck "$IMG" || rc=1
@@ -158,9 +169,7 @@ _wsync_udev
 _wr $((2 * M)) $((64 * K)) $((4 * M)) || rc=1
 _wr $((4 * M + 60 * K)) $((8 * K)) $((4 * M)) || rc=1
 _zr $((20 * M + 256 * K)) $((512 * K)) || rc=1
-_diffwork run --seed $((SEED + 1)) --dev "$MAP_DEV" --ref "$REF" --ops 60 --cluster 65536 \
-	--log "$WORK/ops2.log" || rc=1
-_wcompare "$MAP_DEV" "$REF" --log "$WORK/ops2.log" --cluster 65536 || rc=1
+_work $((SEED + 1)) 60 "$WORK/ops2.log" || rc=1
 _result "image changed while suspended (snapshot -c): writes after resume" $rc
 
 # --- 6: removal ------------------------------------------------------------
