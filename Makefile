@@ -21,7 +21,7 @@ CHECK_KVERS ?= $(shell $(SRCDIR)/tools/testing/kvers.sh)
 
 MODULE_SRCS := Kbuild $(shell cd $(SRCDIR) && find drivers include -name '*.[ch]' -not -path '*/probes/*')
 
-.PHONY: all modules deps install clean check check-build check-unit check-vm demo help qcow2setup
+.PHONY: all modules deps install clean check check-build check-unit check-vm demo help bench qcow2setup
 
 all: modules
 
@@ -59,6 +59,10 @@ check: deps
 
 demo: deps
 	@$(SRCDIR)/tools/testing/demo.sh
+
+# dm-qcow2 vs dm-linear, qemu-nbd and VDUSE in a test VM (QUICK=1: CI smoke)
+bench: deps
+	@$(SRCDIR)/tools/bench/bench.sh
 
 clean:
 	rm -rf $(SRCDIR)/build

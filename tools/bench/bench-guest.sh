@@ -1,0 +1,783 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# bench-guest.sh - guest half of `make bench` (tools/bench/bench.sh boots a
+# run-vm.sh guest and runs this as root in it).
+#
+# Compares, on the same block device and with the same fio jobs:
+#   raw     dm-linear over the device (the limit)
+#   qcow2   dm-qcow2 over a qcow2 image on the device
+#   nbd     qemu-nbd --cache=none --aio=native + the kernel nbd client
+#   vduse   qemu-storage-daemon vduse-blk export (cache.direct=on, aio=native)
+# over the image kinds of the brief:
+#   empty       (b) fresh image per write run, every write allocates
+#   prealloc    (a) preallocation=metadata, then written fully by qemu-io
+#   overlay     (c) fresh overlay over the (a) image, copy-on-write writes,
+#                   64 KiB clusters with and without extended_l2=on
+#   compressed  (d) zlib-compressed image (made on the host), reads
+#   chain       (e) 1, 16, 256 layers, data in the bottom layer (the (a) image)
+#   sparse      (f) 1 TiB, preallocation=metadata (128 MiB of L2 tables),
+#                   4k random reads over all of it, dm-qcow2 cache_size curve
+#   open        (g) dmsetup create time and open_reads vs qemu-img info reads
+#
+# Output: lines "BENCH-<TYPE> <json>" on stdout (the host parses them from
+# run-vm's output.log): META, PLAN, POINT, CURVE, OPEN, NOTE, DONE.  Every
+# planned point is announced with BENCH-PLAN first, so that a point that
+# produced no number is visible.
+#
+# Environment (set by bench.sh with run-vm.sh --env):
+#   BENCH_QUICK=1       short points, a subset of workloads (CI smoke)
+#   BENCH_RUNTIME/BENCH_RAMP  seconds per fio point (default 15/2, quick 3/1)
+#   BENCH_DEV           nullblk (default) or virtio (the --disk disks)
+#   BENCH_WORK          host directory (read-only here) with compressed.qcow2
+#   BENCH_ONLY          kinds to run (space separated; default all)
+
+set -u
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+	RUNTIME=${BENCH_RUNTIME:-3}
+	RAMP=${BENCH_RAMP:-1}
+else
+	RUNTIME=${BENCH_RUNTIME:-15}
+	RAMP=${BENCH_RAMP:-2}
+fi
+DEVKIND=${BENCH_DEV:-nullblk}
+WORK=${BENCH_WORK:-}
+ONLY=${BENCH_ONLY:-empty prealloc overlay compressed chain sparse open}
+
+GIB=$((1 << 30))
+SIZE=$GIB			# virtual size of the images and the fio region
+EMPTY_SIZE=$((64 * GIB))	# (b): large, so that random writes rarely meet
+SPARSE_SIZE=$((1024 * GIB))	# (f); QUICK: 128 GiB (16 MiB of L2 tables), made in seconds
+# Allocating runs are bounded by a number of I/Os (each 4k write into a new
+# 64 KiB cluster stores 64 KiB; null_blk keeps it in guest RAM).
+if [ "$QUICK" = 1 ]; then
+	CAP_EMPTY_4K=4096; CAP_EMPTY_1M=256; CAP_COW=2048
+	SPARSE_SIZE=$((128 * GIB))
+else
+	CAP_EMPTY_4K=16384; CAP_EMPTY_1M=1024; CAP_COW=8192
+fi
+
+TMP=/tmp/bench
+QSD_PID=/run/bench-qsd.pid
+VDUSE_NAME=bench-vduse
+CHAIN_LOOPS=()
+DEVPATH=""
+ATTACH_MS=0
+BACKENDS=(raw qcow2 nbd vduse)
+HAVE_NBD=0
+HAVE_VDUSE=0
+
+mkdir -p "$TMP" /run/lock
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+
+emit() { printf 'BENCH-%s %s\n' "$1" "$2"; }
+
+note() {
+	echo "bench: $*" >&2
+	emit NOTE "$(jq -nc --arg t "$*" '$t')"
+}
+
+log() { echo "bench: $*" >&2; }
+
+# fio arguments of a workload
+wl_args() {
+	case $1 in
+	rr1)  echo "--rw=randread --bs=4k --iodepth=1" ;;
+	rr32) echo "--rw=randread --bs=4k --iodepth=32" ;;
+	rw1)  echo "--rw=randwrite --bs=4k --iodepth=1" ;;
+	rw32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+	sr)   echo "--rw=read --bs=1M --iodepth=4" ;;
+	sw)   echo "--rw=write --bs=1M --iodepth=4" ;;
+	*)    return 1 ;;
+	esac
+}
+
+wl_unit() { case $1 in sr|sw) echo MiB/s ;; *) echo IOPS ;; esac; }
+
+# dm-qcow2 status fields after the target name, as JSON (no jq: cheaper)
+qcow2_status() {
+	local s
+	s=$(dmsetup status "$1" 2>/dev/null) || { echo null; return; }
+	# shellcheck disable=SC2086
+	set -- $s
+	if [ "${3:-}" != qcow2 ] || [ $# -lt 14 ]; then
+		echo null
+		return
+	fi
+	printf '{"raw":"%s","mode":"%s","virtual_size":%s,"cluster_size":%s,"layers":%s,' \
+		"${*:4}" "$4" "$5" "$6" "$7"
+	printf '"cache_used":%s,"cache_slots":%s,"hits":%s,"misses":%s,"metadata_reads":%s,' \
+		"${8%/*}" "${8#*/}" "$9" "${10}" "${11}"
+	printf '"open_reads":%s,"io_errors":%s,"dirty_slices":%s}\n' "${12}" "${13}" "${14}"
+}
+
+# ---------------------------------------------------------------------------
+# Devices
+
+setup_devices() {
+	case $DEVKIND in
+	nullblk)
+		if ! modprobe null_blk nr_devices=2 gb=1100 bs=512 memory_backed=1 discard=1; then
+			note "null_blk not available"
+			return 1
+		fi
+		udevadm settle 2>/dev/null
+		SCRATCH=/dev/nullb0
+		BASE=/dev/nullb1
+		DEV_DESC="null_blk memory_backed=1 (2 devices of 1100 GiB, sparse, 512-byte sectors, discard=1, other parameters default)"
+		;;
+	virtio)
+		# shellcheck disable=SC2086
+		set -- ${QCOW2_DISKS:-}
+		[ $# -ge 2 ] || { note "BENCH_DEV=virtio needs two --disk disks"; return 1; }
+		SCRATCH=$1
+		BASE=$2
+		DEV_DESC="virtio-blk disks (host tmpfs files, qemu cache=writeback, aio=threads)"
+		;;
+	*)
+		note "unknown BENCH_DEV=$DEVKIND"
+		return 1
+		;;
+	esac
+	if [ ! -b "$SCRATCH" ] || [ ! -b "$BASE" ]; then
+		note "devices $SCRATCH $BASE missing"
+		return 1
+	fi
+	modprobe loop
+	if modprobe nbd 2>/dev/null && [ -b /dev/nbd0 ]; then
+		HAVE_NBD=1
+	else
+		note "qemu-nbd column skipped: the nbd module is not available in this kernel"
+	fi
+	if ! modprobe vduse 2>/dev/null; then
+		note "vduse column skipped: no vduse module in this kernel"
+	elif ! modprobe virtio_vdpa 2>/dev/null; then
+		note "vduse column skipped: no virtio_vdpa module in this kernel"
+	elif ! command -v vdpa >/dev/null; then
+		note "vduse column skipped: no vdpa tool (iproute2)"
+	elif ! grep -qa vduse-blk "$(command -v qemu-storage-daemon)"; then
+		note "vduse column skipped: qemu-storage-daemon has no vduse-blk export"
+	else
+		HAVE_VDUSE=1
+	fi
+	return 0
+}
+
+# Free what earlier runs stored on the scratch device (null_blk: memory).
+scratch_reset() {
+	blkdiscard -o 0 -l $((3 * GIB)) "$SCRATCH" 2>/dev/null ||
+		dd if=/dev/zero of="$SCRATCH" bs=1M count=1 oflag=direct status=none
+}
+
+backend_ok() {
+	case $1 in
+	nbd) [ "$HAVE_NBD" = 1 ] ;;
+	vduse) [ "$HAVE_VDUSE" = 1 ] ;;
+	*) return 0 ;;
+	esac
+}
+
+# ---------------------------------------------------------------------------
+# Attach / detach.  Each sets DEVPATH and ATTACH_MS (wall time of the attach).
+
+attach_raw() {
+	local dev=$1 t0
+	t0=$(now_ms)
+	dmsetup create bench-raw --table "0 $(blockdev --getsz "$dev") linear $dev 0" || return 1
+	[ -b /dev/mapper/bench-raw ] || dmsetup mknodes bench-raw
+	ATTACH_MS=$(($(now_ms) - t0))
+	DEVPATH=/dev/mapper/bench-raw
+}
+
+# attach_qcow2 rw|ro SIZE CACHE_SIZE TOP [BACKING...]   (CACHE_SIZE "" = default)
+attach_qcow2() {
+	local mode=$1 size=$2 cache=$3 top=$4 b nopt table args=() t0
+	shift 4
+	nopt=$((3 * $#))
+	[ -n "$cache" ] && nopt=$((nopt + 2))
+	table="0 $((size / 512)) qcow2 $top"
+	[ "$nopt" -gt 0 ] && table+=" $nopt"
+	for b in "$@"; do
+		table+=" backing qcow2 $b"
+	done
+	[ -n "$cache" ] && table+=" cache_size $cache"
+	[ "$mode" = ro ] && args+=(--readonly)
+	t0=$(now_ms)
+	dmsetup create bench-qcow2 "${args[@]}" --table "$table" || return 1
+	ATTACH_MS=$(($(now_ms) - t0))
+	[ -b /dev/mapper/bench-qcow2 ] || dmsetup mknodes bench-qcow2
+	DEVPATH=/dev/mapper/bench-qcow2
+}
+
+# attach_nbd rw|ro TOP   (backing files are opened by qemu from the headers)
+attach_nbd() {
+	local mode=$1 top=$2 args=() t0 i s
+	[ "$mode" = ro ] && args+=(-r)
+	t0=$(now_ms)
+	qemu-nbd "${args[@]}" -c /dev/nbd0 -f qcow2 --cache=none --aio=native "$top" \
+		>"$TMP/nbd.log" 2>&1 || { cat "$TMP/nbd.log" >&2; return 1; }
+	for ((i = 0; i < 200; i++)); do
+		read -r s </sys/block/nbd0/size
+		[ "$s" -gt 0 ] && break
+		sleep 0.05
+	done
+	ATTACH_MS=$(($(now_ms) - t0))
+	DEVPATH=/dev/nbd0
+}
+
+detach_nbd() {
+	local pid="" i
+	[ -r /sys/block/nbd0/pid ] && read -r pid </sys/block/nbd0/pid 2>/dev/null
+	qemu-nbd -d /dev/nbd0 >/dev/null 2>&1
+	if [ -n "$pid" ]; then
+		for ((i = 0; i < 200; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.05
+		done
+	fi
+}
+
+# attach_vduse rw|ro TOP [BACKING...]: every layer is given explicitly, each
+# on a host_device with cache.direct=on and aio=native (as qemu-nbd gets).
+attach_vduse() {
+	local mode=$1 ro=false wr=on js=null i t0 devs b r
+	shift
+	devs=("$@")
+	[ "$mode" = ro ] && { ro=true; wr=off; }
+	for ((i = ${#devs[@]} - 1; i >= 0; i--)); do
+		r=true
+		[ "$i" = 0 ] && r=$ro	# backing layers are read-only
+		js="{\"driver\":\"qcow2\",\"node-name\":\"l$i\",\"read-only\":$r,\"backing\":$js,"
+		js+="\"file\":{\"driver\":\"host_device\",\"filename\":\"${devs[i]}\","
+		js+="\"cache\":{\"direct\":true},\"aio\":\"native\",\"read-only\":$r}}"
+	done
+	rm -f "$QSD_PID"
+	t0=$(now_ms)
+	qemu-storage-daemon --blockdev "$js" \
+		--export "type=vduse-blk,id=e0,node-name=l0,name=$VDUSE_NAME,writable=$wr" \
+		--pidfile "$QSD_PID" --daemonize >"$TMP/qsd.log" 2>&1 ||
+		{ sed -E 's/--blockdev \{.*\}: /--blockdev ...: /' "$TMP/qsd.log" >&2; return 1; }
+	vdpa dev add name "$VDUSE_NAME" mgmtdev vduse || { detach_vduse; return 1; }
+	DEVPATH=""
+	for ((i = 0; i < 400; i++)); do
+		for b in /sys/bus/vdpa/devices/"$VDUSE_NAME"/virtio*/block/*; do
+			[ -e "$b" ] && DEVPATH=/dev/${b##*/}
+		done
+		[ -n "$DEVPATH" ] && [ -b "$DEVPATH" ] && break
+		sleep 0.05
+	done
+	ATTACH_MS=$(($(now_ms) - t0))
+	if [ -z "$DEVPATH" ] || [ ! -b "$DEVPATH" ]; then
+		detach_vduse
+		return 1
+	fi
+}
+
+detach_vduse() {
+	local pid i
+	vdpa dev del "$VDUSE_NAME" 2>/dev/null
+	if [ -r "$QSD_PID" ]; then
+		read -r pid <"$QSD_PID"
+		kill "$pid" 2>/dev/null
+		for ((i = 0; i < 400; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.05
+		done
+		rm -f "$QSD_PID"
+	fi
+}
+
+# attach BACKEND rw|ro SIZE TOP [BACKING...]  (raw: dm-linear over TOP)
+attach() {
+	local be=$1 mode=$2 size=$3
+	shift 3
+	case $be in
+	raw) attach_raw "$1" ;;
+	qcow2) attach_qcow2 "$mode" "$size" "${CACHE_SIZE:-}" "$@" ;;
+	nbd) attach_nbd "$mode" "$1" ;;
+	vduse) attach_vduse "$mode" "$@" ;;
+	esac
+}
+
+detach() {
+	case $1 in
+	raw) dmsetup remove bench-raw ;;
+	qcow2) dmsetup remove bench-qcow2 ;;
+	nbd) detach_nbd ;;
+	vduse) detach_vduse ;;
+	esac
+}
+
+cleanup() {
+	dmsetup remove bench-raw >/dev/null 2>&1
+	dmsetup remove bench-qcow2 >/dev/null 2>&1
+	dmsetup remove bench-open >/dev/null 2>&1
+	detach_nbd >/dev/null 2>&1
+	detach_vduse >/dev/null 2>&1
+	[ ${#CHAIN_LOOPS[@]} -gt 0 ] && "$HERE/bench-chain.py" detach "${CHAIN_LOOPS[@]}" 2>/dev/null
+	CHAIN_LOOPS=()
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------
+# One measurement
+
+# plan KIND VARIANT WL BACKEND: announce a point
+plan() {
+	emit PLAN "$(jq -nc --arg k "$1" --arg v "$2" --arg w "$3" --arg b "$4" \
+		'{kind: $k, variant: $v, workload: $w, backend: $b}')"
+}
+
+# fio_args DEV WL REGION warmup|steady|alloc [CAP]: sets FIO_ARGS
+fio_args() {
+	local dev=$1 wl=$2 region=$3 mode=$4 cap=${5:-0}
+	# shellcheck disable=SC2207
+	FIO_ARGS=(--name=bench --filename="$dev" --direct=1 --ioengine=libaio --numjobs=1
+		  --size="$region" --norandommap --randrepeat=1 --eta=never
+		  $(wl_args "$wl"))
+	case $mode in
+	warmup)	# other offsets than the measured run (its seed is fio's default)
+		FIO_ARGS+=(--time_based --runtime="$RAMP" --randseed=4242 --output=/dev/null) ;;
+	steady)	FIO_ARGS+=(--time_based --runtime="$RUNTIME" --output-format=json) ;;
+	alloc)	FIO_ARGS+=(--runtime="$RUNTIME" --number_ios="$cap" --output-format=json) ;;
+	esac
+}
+
+# point KIND VARIANT WL BACKEND REGION steady|alloc CAP
+# The backend must be attached (DEVPATH).  Emits BENCH-POINT.  Steady points
+# first run a warm-up of RAMP seconds (rather than fio's ramp_time) so that
+# the dm-qcow2 counters, read between the two runs, cover exactly the
+# measured run.  Few execs: each costs ~0.1-0.5 s under TCG.
+point() {
+	local kind=$1 variant=$2 wl=$3 be=$4 region=$5 mode=$6 cap=${7:-0}
+	local st0=null st1=null t0 err="" out=$TMP/fio.json
+	if [ ! -b "$DEVPATH" ]; then
+		failed "$kind" "$variant" "$wl" "$be" "$DEVPATH is not a block device"
+		return
+	fi
+	if [ "$mode" = steady ] && [ "$RAMP" -gt 0 ]; then
+		fio_args "$DEVPATH" "$wl" "$region" warmup
+		fio "${FIO_ARGS[@]}" 2>"$TMP/fio.err" || err="warm-up: $(head -c 300 "$TMP/fio.err")"
+	fi
+	[ "$be" = qcow2 ] && st0=$(qcow2_status bench-qcow2)
+	fio_args "$DEVPATH" "$wl" "$region" "$mode" "$cap"
+	rm -f "$out"
+	t0=$(now_ms)
+	fio "${FIO_ARGS[@]}" >"$out" 2>"$TMP/fio.err" || err+="fio: $(head -c 300 "$TMP/fio.err")"
+	[ "$be" = qcow2 ] && st1=$(qcow2_status bench-qcow2)
+	# One jq: the BENCH-POINT line, then a summary line for the log.
+	# (failed when there is no output or jq cannot read it)
+	# shellcheck disable=SC2015
+	[ -s "$out" ] &&
+	jq -r --arg k "$kind" --arg v "$variant" --arg w "$wl" --arg b "$be" \
+		--arg unit "$(wl_unit "$wl")" --arg mode "$mode" --argjson cap "$cap" \
+		--argjson region "$region" --argjson attach_ms "$ATTACH_MS" \
+		--argjson t "$t0" --argjson st0 "$st0" --argjson st1 "$st1" \
+		--arg dev "$DEVPATH" --arg err "$err" \
+		'(.jobs[0] // {}) as $j |
+		 {kind: $k, variant: $v, workload: $w, backend: $b, unit: $unit, mode: $mode,
+		  region: $region, cap: (if $mode == "alloc" then $cap else null end),
+		  attach_ms: $attach_ms, t_ms: $t, dev: $dev, status_before: $st0, status_after: $st1,
+		  ios: (($j.read.total_ios // 0) + ($j.write.total_ios // 0)),
+		  iops: (($j.read.iops // 0) + ($j.write.iops // 0)),
+		  mibs: ((($j.read.bw_bytes // 0) + ($j.write.bw_bytes // 0)) / 1048576),
+		  runtime_ms: ([$j.read.runtime // 0, $j.write.runtime // 0] | max),
+		  lat_us: (([$j.read.clat_ns.mean // 0, $j.write.clat_ns.mean // 0] | max) / 1000),
+		  lat_p99_us: (([$j.read.clat_ns.percentile["99.000000"] // 0,
+				 $j.write.clat_ns.percentile["99.000000"] // 0] | max) / 1000),
+		  iops_stddev: ([$j.read.iops_stddev // 0, $j.write.iops_stddev // 0] | max),
+		  fio_error: ($j.error // null),
+		  error: (if $err != "" then $err elif $j == {} then "no fio result" else null end)}
+		 | . + {value: (if .error != null or (.fio_error // 1) != 0 or .ios == 0 then null
+				elif $unit == "IOPS" then .iops else .mibs end)}
+		 | "BENCH-POINT \(tojson)",
+		   "bench: \($k)/\($v) \($w) \($b): " +
+		   (if .value == null then "ERROR \(.error // "fio error \(.fio_error)")"
+		    elif $unit == "IOPS" then "\(.iops | floor) IOPS" else "\(.mibs * 10 | floor / 10) MiB/s" end)' \
+		"$out" 2>/dev/null ||
+		failed "$kind" "$variant" "$wl" "$be" "no fio output: $err"
+}
+
+# failed KIND VARIANT WL BACKEND WHY: a planned point without a number
+failed() {
+	emit POINT "$(jq -nc --arg k "$1" --arg v "$2" --arg w "$3" --arg b "$4" --arg e "$5" \
+		'{kind: $k, variant: $v, workload: $w, backend: $b, value: null, error: $e}')"
+	log "$1/$2 $3 $4: ERROR $5"
+}
+
+# qemu-img check of the image after a write run through dm-qcow2
+check_image() {
+	local out
+	if out=$(qemu-img check -f qcow2 "$@" 2>&1); then
+		emit NOTE "$(jq -nc --arg t "qemu-img check after $CHECK_WHAT: clean" '$t')"
+	else
+		note "qemu-img check after $CHECK_WHAT FAILED: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+	fi
+}
+
+# ---------------------------------------------------------------------------
+# (a) prealloc: preallocation=metadata, then every byte written by qemu-io
+
+make_base() {
+	local i cmds=()
+	qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=65536 "$BASE" "$SIZE" ||
+		return 1
+	for ((i = 0; i < SIZE; i += 128 << 20)); do
+		cmds+=(-c "write -q -P 0x5a $i $((128 << 20))")
+	done
+	qemu-io -n -f qcow2 "${cmds[@]}" "$BASE" || return 1
+	BASE_READY=1
+}
+
+kind_prealloc() {
+	local wl be dev wls=(rr1 rr32 rw1 rw32 sr sw)
+	[ "$QUICK" = 1 ] && wls=(rr32 rw32 sr)
+	for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
+		backend_ok "$be" && plan prealloc 64k "$wl" "$be"
+	done; done
+	# raw must not write over the image: it maps the scratch device, whose
+	# first SIZE bytes are written once, so that raw reads and overwrites
+	# data like the image kinds do.
+	scratch_reset
+	fio --name=fill --filename="$SCRATCH" --direct=1 --ioengine=libaio --rw=write --bs=1M \
+		--iodepth=4 --size="$SIZE" --eta=never --output=/dev/null || note "filling the raw region failed"
+	for wl in "${wls[@]}"; do
+		for be in "${BACKENDS[@]}"; do
+			backend_ok "$be" || continue
+			dev=$BASE
+			[ "$be" = raw ] && dev=$SCRATCH
+			if attach "$be" rw "$SIZE" "$dev"; then
+				point prealloc 64k "$wl" "$be" "$SIZE" steady
+				detach "$be"
+			else
+				failed prealloc 64k "$wl" "$be" "attach failed"
+			fi
+		done
+	done
+	CHECK_WHAT="the prealloc writes" check_image "$BASE"
+	scratch_reset
+}
+
+# ---------------------------------------------------------------------------
+# (b) empty: a fresh 64 GiB image per write run; no ramp (every write of
+# the run allocates, there is no steady state to ramp into), at most CAP I/Os
+
+kind_empty() {
+	local wl be cap wls=(rw1 rw32 sw)
+	[ "$QUICK" = 1 ] && wls=(rw32)
+	for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
+		backend_ok "$be" && plan empty 64k "$wl" "$be"
+	done; done
+	for wl in "${wls[@]}"; do
+		cap=$CAP_EMPTY_4K
+		[ "$wl" = sw ] && cap=$CAP_EMPTY_1M
+		for be in "${BACKENDS[@]}"; do
+			backend_ok "$be" || continue
+			scratch_reset
+			if [ "$be" != raw ] &&
+			   ! qemu-img create -q -f qcow2 -o cluster_size=65536 "$SCRATCH" "$EMPTY_SIZE"; then
+				failed empty 64k "$wl" "$be" "qemu-img create failed"
+				continue
+			fi
+			if attach "$be" rw "$EMPTY_SIZE" "$SCRATCH"; then
+				point empty 64k "$wl" "$be" "$EMPTY_SIZE" alloc "$cap"
+				detach "$be"
+				[ "$be" = qcow2 ] && CHECK_WHAT="empty/$wl via dm-qcow2" check_image "$SCRATCH"
+			else
+				failed empty 64k "$wl" "$be" "attach failed"
+			fi
+		done
+	done
+	scratch_reset
+}
+
+# ---------------------------------------------------------------------------
+# (c) overlay: fresh overlay on the scratch device over the (a) image
+
+kind_overlay() {
+	local wl be v opts wls=(rw1 rw32) variants=(64k 64k-extl2)
+	[ "$QUICK" = 1 ] && wls=(rw32)
+	for v in "${variants[@]}"; do for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+		backend_ok "$be" && plan overlay "$v" "$wl" "$be"
+	done; done; done
+	for v in "${variants[@]}"; do
+		opts=cluster_size=65536
+		[ "$v" = 64k-extl2 ] && opts+=,extended_l2=on
+		for wl in "${wls[@]}"; do
+			for be in qcow2 nbd vduse; do
+				backend_ok "$be" || continue
+				scratch_reset
+				if ! qemu-img create -q -f qcow2 -o "$opts" -b "$BASE" -F qcow2 \
+						"$SCRATCH" "$SIZE"; then
+					failed overlay "$v" "$wl" "$be" "qemu-img create failed"
+					continue
+				fi
+				if attach "$be" rw "$SIZE" "$SCRATCH" "$BASE"; then
+					point overlay "$v" "$wl" "$be" "$SIZE" alloc "$CAP_COW"
+					detach "$be"
+					[ "$be" = qcow2 ] &&
+						CHECK_WHAT="overlay-$v/$wl via dm-qcow2" check_image "$SCRATCH"
+				else
+					failed overlay "$v" "$wl" "$be" "attach failed"
+				fi
+			done
+		done
+	done
+	scratch_reset
+}
+
+# ---------------------------------------------------------------------------
+# (d) compressed: zlib image converted on the host, copied onto the device
+
+kind_compressed() {
+	local wl be vsize wls=(rr1 rr32 sr) img=$WORK/compressed.qcow2
+	[ "$QUICK" = 1 ] && wls=(rr32)
+	for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+		backend_ok "$be" && plan compressed zlib "$wl" "$be"
+	done; done
+	if [ ! -r "$img" ]; then
+		for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+			backend_ok "$be" && failed compressed zlib "$wl" "$be" "no $img"
+		done; done
+		return
+	fi
+	scratch_reset
+	dd if="$img" of="$SCRATCH" bs=1M oflag=direct status=none || note "copy of $img failed"
+	vsize=$(qemu-img info -f qcow2 --output=json "$SCRATCH" | jq '.["virtual-size"]')
+	emit NOTE "$(jq -nc --arg t "compressed image: $(qemu-img info -f qcow2 "$SCRATCH" |
+		grep -E 'virtual size|compression type' | tr '\n' ' '), $(stat -c %s "$img") bytes" '$t')"
+	for wl in "${wls[@]}"; do
+		for be in qcow2 nbd vduse; do
+			backend_ok "$be" || continue
+			if attach "$be" rw "$vsize" "$SCRATCH"; then
+				point compressed zlib "$wl" "$be" "$vsize" steady
+				detach "$be"
+			else
+				failed compressed zlib "$wl" "$be" "attach failed"
+			fi
+		done
+	done
+	scratch_reset
+}
+
+# ---------------------------------------------------------------------------
+# (g) open cost of one image: wall time of `dmsetup create --noudevsync`
+# (median of 3; the table load ioctl plus the dmsetup exec) and of a plain
+# `dmsetup create` (with udev synchronisation, as users see it), open_reads,
+# and qemu-img info's reads (strace)
+
+# time_create TABLE: sets CREATE_MS (median of 3, --noudevsync),
+# CREATE_UDEV_MS, CREATE_ST (status after the first load)
+time_create() {
+	local table=$1 i t0 ms=()
+	CREATE_ST=null
+	for i in 1 2 3; do
+		t0=$(now_ms)
+		dmsetup create bench-open --noudevsync --readonly --table "$table" || return 1
+		ms+=($(($(now_ms) - t0)))
+		[ "$i" = 1 ] && CREATE_ST=$(qcow2_status bench-open)
+		udevadm settle 2>/dev/null
+		dmsetup remove --retry bench-open || return 1
+	done
+	CREATE_MS=$(printf '%s\n' "${ms[@]}" | sort -n | sed -n 2p)
+	t0=$(now_ms)
+	dmsetup create bench-open --readonly --table "$table" || return 1
+	CREATE_UDEV_MS=$(($(now_ms) - t0))
+	dmsetup remove --retry bench-open
+}
+
+measure_open() {
+	local label=$1 size=$2 top=$3 t0 tc ti pr_img table nopt b
+	shift 3
+	nopt=$((3 * $#))
+	table="0 $((size / 512)) qcow2 $top"
+	[ "$nopt" -gt 0 ] && table+=" $nopt"
+	for b in "$@"; do table+=" backing qcow2 $b"; done
+	time_create "$table" || { note "open: dmsetup create failed for $label"; return; }
+	t0=$(now_ms)
+	qemu-img info -f qcow2 --backing-chain "$top" >/dev/null 2>&1
+	ti=$(($(now_ms) - t0))
+	# all pread64/read syscalls of qemu-img info (strace -c, all threads) ...
+	tc=$(strace -c -f -e trace=pread64,read,preadv,preadv2 \
+		qemu-img info -f qcow2 --backing-chain "$top" 2>&1 >/dev/null |
+		awk '$NF ~ /^(pread64|read|preadv|preadv2)$/ { n[$NF] = $4 }
+		     END { printf "{\"pread64\":%d,\"read\":%d,\"preadv\":%d}", n["pread64"], n["read"], n["preadv"] + n["preadv2"] }')
+	# ... and those on the image devices only
+	pr_img=$(strace -f -y -e trace=pread64,read,preadv,preadv2 \
+		qemu-img info -f qcow2 --backing-chain "$top" 2>&1 >/dev/null |
+		grep -cE '^(\[pid +[0-9]+\] )?(pread64|read|preadv2?)\([0-9]+</dev/(nullb|vd|loop)')
+	emit OPEN "$(jq -nc --arg l "$label" --argjson st "$CREATE_ST" --argjson tc "$tc" \
+		--argjson c "$CREATE_MS" --argjson cu "$CREATE_UDEV_MS" \
+		--argjson ti "$ti" --argjson pi "$pr_img" --argjson layers $(($# + 1)) \
+		'{label: $l, layers: $layers, create_ms: $c, create_udev_ms: $cu,
+		  open_reads: $st.open_reads, metadata_reads: $st.metadata_reads, status: $st.raw,
+		  qemu_img_info_ms: $ti, qemu_img_info_syscalls: $tc,
+		  qemu_img_info_image_reads: $pi}')"
+	log "open $label: create $CREATE_MS ms ($CREATE_UDEV_MS with udev), open_reads $(jq -r .open_reads <<<"$CREATE_ST"), qemu-img info reads on image $pr_img"
+}
+
+# The same for a dm-linear table: what dmsetup and udev cost by themselves.
+measure_open_linear() {
+	time_create "0 $((SIZE / 512)) linear $BASE 0" || { note "open: dm-linear create failed"; return; }
+	emit OPEN "$(jq -nc --argjson c "$CREATE_MS" --argjson cu "$CREATE_UDEV_MS" \
+		'{label: "dm-linear over the same device (baseline)", baseline: true, layers: null,
+		  create_ms: $c, create_udev_ms: $cu, open_reads: null, metadata_reads: null}')"
+	log "open dm-linear: create $CREATE_MS ms ($CREATE_UDEV_MS with udev)"
+}
+
+# ---------------------------------------------------------------------------
+# (e) chains of 1, 16, 256 layers; the bottom is the (a) image, the others
+# empty overlays in guest tmpfs files on read-only loop devices.  All
+# backends map the chain read-only.
+
+kind_chain() {
+	local n wl be top loops wls=(rr1 rr32) lens=(1 16 256) backing
+	[ "$QUICK" = 1 ] && { wls=(rr32); lens=(16); }
+	for n in "${lens[@]}"; do for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+		backend_ok "$be" && plan chain "$n" "$wl" "$be"
+	done; done; done
+	for n in "${lens[@]}"; do
+		CHAIN_LOOPS=()
+		if [ "$n" -gt 1 ]; then
+			rm -rf "$TMP/chain"
+			mkdir -p "$TMP/chain"
+			qemu-img create -q -f qcow2 -o cluster_size=65536 -b "$BASE" -F qcow2 \
+				"$TMP/chain/template.qcow2" "$SIZE"
+			loops=$("$HERE/bench-chain.py" build "$TMP/chain" "$TMP/chain/template.qcow2" \
+				"$BASE" $((n - 1)))
+			# shellcheck disable=SC2206
+			CHAIN_LOOPS=($loops)
+		fi
+		if [ ${#CHAIN_LOOPS[@]} -ne $((n - 1)) ]; then
+			for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+				backend_ok "$be" && failed chain "$n" "$wl" "$be" "chain build failed"
+			done; done
+			continue
+		fi
+		top=${CHAIN_LOOPS[0]:-$BASE}
+		backing=("${CHAIN_LOOPS[@]:1}")
+		[ "$n" -gt 1 ] && backing+=("$BASE")
+		measure_open "chain of $n layers (1 GiB, data in the bottom layer)" "$SIZE" "$top" "${backing[@]}"
+		for be in qcow2 nbd vduse; do
+			backend_ok "$be" || continue
+			if attach "$be" ro "$SIZE" "$top" "${backing[@]}"; then
+				for wl in "${wls[@]}"; do
+					point chain "$n" "$wl" "$be" "$SIZE" steady
+				done
+				detach "$be"
+			else
+				for wl in "${wls[@]}"; do failed chain "$n" "$wl" "$be" "attach failed"; done
+			fi
+		done
+		[ ${#CHAIN_LOOPS[@]} -gt 0 ] && "$HERE/bench-chain.py" detach "${CHAIN_LOOPS[@]}"
+		CHAIN_LOOPS=()
+		rm -rf "$TMP/chain"
+	done
+}
+
+# ---------------------------------------------------------------------------
+# (f) sparse: 1 TiB, preallocation=metadata: every cluster is mapped (to
+# unwritten host clusters, which read as zeros), L2 tables are 128 MiB in
+# all.  4k random reads over the whole disk; dm-qcow2 cache_size curve.
+
+kind_sparse() {
+	local be cs wl=rr32 sizes=(262144 1048576 4194304 16777216 67108864)
+	[ "$QUICK" = 1 ] && sizes=(262144 67108864)
+	for be in "${BACKENDS[@]}"; do backend_ok "$be" && plan sparse default "$wl" "$be"; done
+	for cs in "${sizes[@]}"; do plan sparse "cache$cs" "$wl" qcow2; done
+	scratch_reset
+	if ! qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=65536 \
+			"$SCRATCH" "$SPARSE_SIZE"; then
+		for be in "${BACKENDS[@]}"; do backend_ok "$be" && failed sparse default "$wl" "$be" "qemu-img create failed"; done
+		for cs in "${sizes[@]}"; do failed sparse "cache$cs" "$wl" qcow2 "qemu-img create failed"; done
+		return
+	fi
+	measure_open "$((SPARSE_SIZE >> 30)) GiB, preallocation=metadata (every cluster mapped)" \
+		"$SPARSE_SIZE" "$SCRATCH"
+	for be in "${BACKENDS[@]}"; do
+		backend_ok "$be" || continue
+		if attach "$be" rw "$SPARSE_SIZE" "$SCRATCH"; then
+			point sparse default "$wl" "$be" "$SPARSE_SIZE" steady
+			detach "$be"
+		else
+			failed sparse default "$wl" "$be" "attach failed"
+		fi
+	done
+	for cs in "${sizes[@]}"; do
+		if CACHE_SIZE=$cs attach qcow2 rw "$SPARSE_SIZE" "$SCRATCH"; then
+			point sparse "cache$cs" "$wl" qcow2 "$SPARSE_SIZE" steady
+			detach qcow2
+		else
+			failed sparse "cache$cs" "$wl" qcow2 "attach failed"
+		fi
+	done
+}
+
+# ---------------------------------------------------------------------------
+# (g) open cost
+
+kind_open() {
+	measure_open_linear
+	[ "${BASE_READY:-0}" = 1 ] && measure_open "1 GiB, fully allocated (the prealloc image)" "$SIZE" "$BASE"
+	qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=65536 "$SCRATCH" 16G &&
+		qemu-img resize -q -f qcow2 "$SCRATCH" 1T &&
+		measure_open "1 TiB, 16 GiB allocated (preallocation=metadata 16G, resized to 1T)" \
+			"$SPARSE_SIZE" "$SCRATCH"
+}
+
+# ---------------------------------------------------------------------------
+
+main() {
+	local k t0 t1 durs="{}"
+	setup_devices || { emit DONE '{"ok": false}'; exit 1; }
+	emit META "$(jq -nc --arg kernel "$(uname -r)" \
+		--arg cpu "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
+		--argjson ncpu "$(nproc)" \
+		--argjson mem "$(awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo)" \
+		--arg dev "$DEV_DESC" --arg devkind "$DEVKIND" --arg scratch "$SCRATCH" --arg base "$BASE" \
+		--arg fio "$(fio --version)" --arg qemu "$(qemu-img --version | head -n 1)" \
+		--argjson quick "$QUICK" --argjson runtime "$RUNTIME" --argjson ramp "$RAMP" \
+		--argjson nbd "$HAVE_NBD" --argjson vduse "$HAVE_VDUSE" \
+		--argjson cap_empty_4k "$CAP_EMPTY_4K" --argjson cap_empty_1m "$CAP_EMPTY_1M" \
+		--argjson cap_cow "$CAP_COW" --arg only "$ONLY" --argjson sparse "$SPARSE_SIZE" \
+		--arg qcow2ver "$(dmsetup targets | awk '$1 == "qcow2" { print $2 }')" \
+		'{guest_kernel: $kernel, guest_cpu: $cpu, guest_ncpu: $ncpu, guest_mem_mib: $mem,
+		  device: $dev, device_kind: $devkind, scratch: $scratch, base: $base,
+		  fio: $fio, qemu: $qemu, quick: $quick, runtime: $runtime, ramp: $ramp,
+		  have_nbd: $nbd, have_vduse: $vduse, cap_empty_4k: $cap_empty_4k,
+		  cap_empty_1m: $cap_empty_1m, cap_cow: $cap_cow, kinds: $only, sparse_size: $sparse,
+		  dm_qcow2_version: $qcow2ver}')"
+
+	# Kinds run in the order given; the (a) image (the base of (c) and (e))
+	# is made when the first kind that needs it starts, so that (b), first
+	# by default, has the guest's memory to itself.
+	for k in $ONLY; do
+		case $k in
+		prealloc|overlay|chain|open)
+			if [ "${BASE_READY:-0}" != 1 ]; then
+				t0=$(now_ms)
+				make_base || note "making the prealloc image failed"
+				log "prealloc image made in $(($(now_ms) - t0)) ms"
+			fi
+			;;
+		esac
+		declare -F "kind_$k" >/dev/null || { note "unknown kind $k"; continue; }
+		t0=$(now_ms)
+		log "=== $k"
+		"kind_$k"
+		t1=$(now_ms)
+		durs=$(jq -c --arg k "$k" --argjson d $((t1 - t0)) '. + {($k): $d}' <<<"$durs")
+	done
+	emit DONE "$(jq -nc --argjson d "$durs" --arg mem "$(free -m | awk '/^Mem:/ { print $3 "/" $2 " MiB used" }')" \
+		'{ok: true, kind_ms: $d, mem: $mem}')"
+}
+
+main "$@"
