@@ -172,10 +172,10 @@ _run_case()
 	local rc=0 t0 t1 tb tm tr v2b="" specs=() want=$d/ref.raw
 
 	mkdir -p "$d"
-	t0=$(date +%s.%N)
+	t0=${EPOCHREALTIME//[.,]/}
 	_build "$d" "$kind" "$opts" "$cs" "$vs" "$seed" || { _qdiag "building the image failed"; return 1; }
 	tb=$(_elapsed "$t0")
-	t1=$(date +%s.%N)
+	t1=${EPOCHREALTIME//[.,]/}
 	[ "$kind" = qbacking ] || [ "$kind" = rbacking ] &&
 		[[ $opts == *compat=0.10* ]] && v2b=1
 	specs=("${BACKING_SPECS[@]}")
@@ -183,7 +183,7 @@ _run_case()
 	_wroom "$d/img.qcow2" "$vs" || return 1
 	_wmap "$dm" "$d/img.qcow2" "len:$((vs / 512))" "${specs[@]}" || return 1
 	tm=$(_elapsed "$t1")
-	t1=$(date +%s.%N)
+	t1=${EPOCHREALTIME//[.,]/}
 
 	# the workload, then the whole device against the reference
 	ops=$((ops * SCALE / 100))
@@ -212,7 +212,7 @@ _run_case()
 	fi
 	_wunmap "$dm"
 	tr=$(_elapsed "$t1")
-	t1=$(date +%s.%N)
+	t1=${EPOCHREALTIME//[.,]/}
 
 	# QEMU's view of the image the kernel wrote
 	_wcheck "$d/img.qcow2" || rc=1

@@ -114,7 +114,7 @@ _result "qcow2 image created on $DISK, mapped read-write" $rc
 [ $rc -eq 0 ] || ktap_finish
 
 # --- a) ---------------------------------------------------------------------
-t0=$(date +%s.%N)
+t0=${EPOCHREALTIME//[.,]/}
 _jobs_own $((32 * M)) $((8 * M)) 0 >"$WORK/a.fio"
 rc=0
 _fio a "$WORK/a.fio" || rc=1
@@ -126,7 +126,7 @@ _unmap_check || rc=1
 _result "a) qemu-img check exit 0" $rc
 
 # --- b) ---------------------------------------------------------------------
-t0=$(date +%s.%N)
+t0=${EPOCHREALTIME//[.,]/}
 rc=0
 _map || rc=1
 cat >"$WORK/b.fio" <<EOF
@@ -183,7 +183,7 @@ _unmap_check || rc=1
 _result "b) qemu-img check exit 0" $rc
 
 # --- c) ---------------------------------------------------------------------
-t0=$(date +%s.%N)
+t0=${EPOCHREALTIME//[.,]/}
 rc=0
 _map 65536 || rc=1
 _jobs_own $((VS / 4)) $((4 * M)) 0 >"$WORK/c.fio"

@@ -69,7 +69,7 @@ _fs_case()
 {
 	local name=$1 fstype=$2 img=$3 vs=$4 seed=$5 spec=${6:-} dm=${QCOW2_DM_PREFIX}fs
 	local rc=0 t0 mkfs_opts=() ro_opts fsck sums=$WORK/sums.$seed
-	t0=$(date +%s.%N)
+	t0=${EPOCHREALTIME//[.,]/}
 	case "$fstype" in
 	ext4)
 		mkfs_opts=(mkfs.ext4 -q -F -b 4096)
