@@ -448,10 +448,10 @@ def main():
     md.append("")
     md.append("## How it was measured")
     md.append("")
-    md.append("- fio %s, `--direct=1 --ioengine=libaio --numjobs=1 --norandommap --randrepeat=1` "
+    md.append("- %s, `--direct=1 --ioengine=libaio --numjobs=1 --norandommap --randrepeat=1` "
               "(the same offsets for every backend); 4k random at QD1 and QD32, 1M sequential at QD4; "
-              "region = the image's virtual size (1 GiB; 64 GiB for (b), %s for (f))." % (
-                  meta.get("fio", ""), ssz))
+              "region = the image's virtual size (1 GiB; 64 GiB for (b), %s for (f), see the notes "
+              "for (d))." % (meta.get("fio", ""), ssz))
     md.append("- Steady points: a %s s warm-up run (other random offsets), then the measured "
               "`--time_based --runtime=%s` run.  Each backend is "
               "attached for the point and detached after it; backends of a workload run back to "
