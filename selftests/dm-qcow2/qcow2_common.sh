@@ -342,6 +342,7 @@ _map_image()
 		esac
 	done
 	[ -n "$len" ] || len=$(($(_vsize "$img") / 512))
+	# shellcheck disable=SC2034	# for the caller
 	MAP_VSIZE=$((len * 512))
 	MAP_TABLE=$(_qcow2_table "$dev" "$len" "${opts[@]}")
 	mm=$(_dev_majmin "$dev")
@@ -515,6 +516,7 @@ _check_status()
 	read -r mode vs c nl cache hits misses mr orr ioe dirty flags <<<"$s"
 	used=${cache%%/*} slots=${cache#*/}
 	# for the caller: metadata_reads, open_reads, io_errors, cache misses
+	# shellcheck disable=SC2034
 	ST_META_READS=$mr ST_OPEN_READS=$orr ST_IO_ERRORS=$ioe ST_MISSES=$misses
 	if [ -z "$ioe" ]; then
 		_qdiag "status: expected at least 10 fields, got: $s"

@@ -19,7 +19,9 @@ Subcommands:
         discard  BLKDISCARD ioctl (512-aligned: partial clusters, whole
                  clusters, runs of clusters)
         zeroout  BLKZEROOUT ioctl (same ranges)
-        flush    fsync(), fdatasync() or BLKFLSBUF (= blockdev --flushbufs)
+        flush    fsync() or fdatasync() (a device flush), or BLKFLSBUF
+                 (= blockdev --flushbufs: page cache written back and
+                 dropped, no device flush)
         dropc    fsync + BLKFLSBUF: later unaligned writes read-modify-write
                  through the target again
         check    O_DIRECT pread() of a range, compared with REF right away

@@ -36,7 +36,7 @@ SEED=$(_wseed)
 echo "# image of $VS bytes on $DISK ($DISK_SIZE bytes), fio seed $SEED"
 
 ktap_header
-ktap_plan 7
+ktap_plan 6
 
 # _fio NAME JOBFILE   run fio; fails on a non-zero exit or any error report
 _fio()
