@@ -278,16 +278,23 @@ _wbg_wait()
 		sleep 0.5
 	done
 	if kill -0 "$pid" 2>/dev/null; then
-		cat "$out"
+		_wdiag_file "$out"
 		_qdiag "'$*' still running after $secs s: hung? (blocked tasks: sysrq-w in the kernel log)"
 		echo w >/proc/sysrq-trigger 2>/dev/null
 		return 124
 	fi
 	wait "$pid"
 	rc=$?
-	cat "$out"
+	_wdiag_file "$out"
 	rm -f "$out"
 	return $rc
+}
+
+# _wdiag_file FILE   print FILE, lines not already KTAP diagnostics ("# ...")
+# prefixed with "# "
+_wdiag_file()
+{
+	sed 's/^\([^#]\)/# \1/; s/^$/#/' "$1"
 }
 
 # _wconvert IMG OUT [convert args]   QEMU's view of IMG as raw OUT

@@ -19,15 +19,18 @@
 #   - the whole device equals the reference (O_DIRECT reads);
 #   - the status is still "rw" with io_errors 0 and no corrupt/no_space;
 #   - after removing the device, `qemu-img check` exits 0 (no corruption
-#     and no leaked clusters) and `qemu-img convert -O raw` equals the
-#     reference;
+#     and no leaked clusters), the header has neither the dirty nor the
+#     corrupt bit, and QEMU's view equals the reference (`qemu-img
+#     compare`; on a difference the first differing byte and the logged
+#     operations that covered it are printed);
 #   - with an internal snapshot: the snapshot still holds its data
 #     (convert -l snapshot.name=s1), `qemu-img snapshot -l` lists it, and
 #     `qemu-img snapshot -a s1` on a copy brings back the snapshot's data.
 #
-# Matrix: v3 64k, v2 (compat=0.10) 64k and 512 B, v3 512 B / 4k / 2M
-# clusters, extended L2, refcount_bits 1 / 64 (64 with 512 B clusters: the
-# refcount table has to grow several times), a qcow2 backing file (plain
+# Matrix: v3 64k, v2 (compat=0.10) 64k, v3 512 B / 4k / 2M clusters,
+# extended L2, refcount_bits 1 (4k) / 16 (the default) / 64 (with 512 B
+# clusters: the refcount table has to grow several times), a qcow2 backing
+# file (plain
 # and extended L2 overlays, and a v2 overlay, where discard leaves data as
 # it is: those ranges are compared as "don't care"), a raw backing file,
 # deflate and zstd compressed images, an image with an internal snapshot,
@@ -75,7 +78,7 @@ CASES=(
 	"compressed zstd 4k|cluster_size=4k,compression_type=zstd|4096|$((8 * M))|200|compressed|"
 	"internal snapshot 64k|cluster_size=64k|65536|$((16 * M))|300|snapshot|"
 	"cache_size 65536|cluster_size=64k|65536|$((16 * M))|300|plain|cache_size:65536"
-	"cache_size 65536 4k (cache pressure)|cluster_size=4k|4096|$((64 * M))|300|plain+pressure|cache_size:65536"
+	"cache_size 65536 4k (cache pressure)|cluster_size=4k|4096|$((48 * M))|250|plain+pressure|cache_size:65536"
 	"cache_size 1M|cluster_size=64k|65536|$((16 * M))|300|plain|cache_size:1048576"
 	"lazy_refcounts|cluster_size=64k|65536|$((16 * M))|300|plain|lazy_refcounts"
 )
