@@ -16,7 +16,6 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -97,25 +96,26 @@ static bool is_qcow2setup_uuid(const char *uuid)
 	return uuid && !strncmp(uuid, UUID_PREFIX, strlen(UUID_PREFIX));
 }
 
-static char *make_uuid(const char *name)
+/*
+ * QCOW2-<16 hex digits>-<name>: the digits are a 64-bit FNV-1a hash of the
+ * image's canonical path, so the same image mapped under the same name gets
+ * the same UUID every time (stable /dev/disk/by-id/dm-uuid-* links).
+ */
+static char *make_uuid(const char *image, const char *name)
 {
-	unsigned char rnd[16];
-	char hex[33];
+	char *canon = realpath(image, NULL);
+	const unsigned char *p = (const unsigned char *)(canon ? canon : image);
+	uint64_t h = 0xcbf29ce484222325ULL;
 	size_t room;
-	unsigned int i;
 
-	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		srandom((unsigned int)(ts.tv_nsec ^ getpid()));
-		for (i = 0; i < sizeof(rnd); i++)
-			rnd[i] = (unsigned char)random();
+	for (; *p; p++) {
+		h ^= *p;
+		h *= 0x100000001b3ULL;
 	}
-	for (i = 0; i < sizeof(rnd); i++)
-		sprintf(hex + 2 * i, "%02x", rnd[i]);
-	room = DM_UUID_MAX - strlen(UUID_PREFIX) - 32 - 1;
-	return xasprintf("%s%s-%.*s", UUID_PREFIX, hex, (int)room, name);
+	free(canon);
+	room = DM_UUID_MAX - strlen(UUID_PREFIX) - 16 - 1;
+	return xasprintf("%s%016llx-%.*s", UUID_PREFIX, (unsigned long long)h,
+			 (int)room, name);
 }
 
 /* ------------------------------------------------------------------ open */
@@ -488,7 +488,7 @@ static int cmd_open(const struct open_args *a)
 	}
 
 	params = build_params(&c, snap_id, a, false);
-	uuid = make_uuid(a->name);
+	uuid = make_uuid(a->image, a->name);
 	msg_info("table: 0 %llu %s %s", (unsigned long long)sectors, TARGET_NAME, params);
 	r = dm_create_dev(a->name, uuid, sectors, params, a->read_only);
 	if (r) {
