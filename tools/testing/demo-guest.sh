@@ -1,41 +1,48 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Guest half of demo.sh (runs as root inside the test VM).
+# Guest half of demo.sh (runs as root inside the test VM): qcow2 images
+# opened and closed with qcow2setup (built on the host by demo.sh).
 set -eu
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+PATH=$top/tools/qcow2setup:$PATH
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { echo "\$ $*"; "$@"; }
 
 cd "$(mktemp -d /tmp/demo.XXXXXX)"
-modprobe loop
 
-step "Make a base image holding an ext4 file system with some files"
-mkdir files
-for i in $(seq 1 20); do head -c $((i * 4096)) /dev/urandom >"files/file$i"; done
-(cd files && sha256sum ./* >../SHA256SUMS)
-run mkfs.ext4 -q -d files -L demo fs.raw 64M
-run qemu-img convert -O qcow2 fs.raw base.qcow2
+step "A new 64 MiB qcow2 image: open it, make an ext4 file system, write files"
+run qemu-img create -q -f qcow2 base.qcow2 64M
+ls -ls base.qcow2
+run qcow2setup open base.qcow2 demo
+mkdir mnt files
+run mkfs.ext4 -q -L demo /dev/mapper/demo
+run mount /dev/mapper/demo mnt
+for i in $(seq 1 20); do head -c $((i * 4096)) /dev/urandom >"mnt/file$i"; done
+(cd mnt && sha256sum ./file* >../SHA256SUMS)
+umount mnt
+run qcow2setup close demo
+run qemu-img check base.qcow2
+sha256sum base.qcow2 >base.sum
 
-step "An overlay over it, with a few guest writes made by QEMU"
+step "An overlay with base.qcow2 as its backing file"
 run qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2
-run qemu-io -f qcow2 -c 'write -P 0x5a 60M 1M' overlay.qcow2
-run qemu-img info overlay.qcow2
+run qcow2setup info overlay.qcow2
 
-step "Map the chain through the kernel: the overlay writable, its base read-only"
-truncate -s 128M overlay.qcow2		# room to grow inside the loop device
-truncate -s %512 base.qcow2
-ov=$(losetup --find --show overlay.qcow2)
-base=$(losetup --find --show --read-only base.qcow2)
-sectors=$(( $(qemu-img info --output=json overlay.qcow2 |
-	sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p') / 512 ))
-table="0 $sectors qcow2 $ov 3 backing qcow2 $base"
-echo "table: $table"
-run dmsetup create demo --table "$table"
-udevadm settle
+step "Open the chain: the overlay writable, its base read-only"
+run qcow2setup open overlay.qcow2 demo
+echo "\$ ls -ls overlay.qcow2   # extended sparsely: room to grow in the loop device"
+ls -ls overlay.qcow2
+run dmsetup table demo
+run qcow2setup list
+echo "\$ qemu-img info base.qcow2"
+qemu-img info base.qcow2 2>&1 | head -3 || true
+echo "\$ qemu-io -c 'write 0 512' base.qcow2   # the base is locked as QEMU locks it"
+qemu-io -f qcow2 -c 'write 0 512' base.qcow2 2>&1 | head -2 || true
 
 step "Mount it, check every file, write new ones"
-mkdir mnt
 run mount /dev/mapper/demo mnt
 (cd mnt && sha256sum -c --quiet ../SHA256SUMS) && echo "all $(wc -l <SHA256SUMS) files match"
 mkdir mnt/new
@@ -44,18 +51,15 @@ rm mnt/file1 mnt/file2
 (cd mnt && sha256sum new/* >../NEWSUMS)
 run df -h mnt
 umount mnt
-
-step "What the target reports"
-run dmsetup table demo
-run dmsetup status demo
-echo "(fields: mode virtual_size cluster_size layers cache_used/slots hits misses"
-echo " metadata_reads open_reads io_errors dirty_slices)"
-run dmsetup remove demo
-losetup -d "$ov" "$base"
+run qcow2setup status demo
+run qcow2setup close demo
+echo "\$ ls -ls overlay.qcow2   # cut back to the end of the data at close"
+ls -ls overlay.qcow2
 
 step "QEMU's view of the result: consistent, and holding the new files"
 run qemu-img check overlay.qcow2
 run qemu-img info overlay.qcow2
+sha256sum -c --quiet base.sum && echo "base.qcow2 is unchanged"
 qemu-img convert -O raw overlay.qcow2 result.raw
 mount -o ro,loop result.raw mnt
 (cd mnt && sha256sum -c --quiet ../NEWSUMS) &&
