@@ -359,8 +359,34 @@ int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error)
 }
 
 /*
- * A write that needs no metadata change: into allocated subclusters of a
- * cluster of our own (COPIED).  Returns true with *@host and *@len set.
+ * Host offset of in-cluster bytes [@from, @from + @len) of an L2 entry that a
+ * write may overwrite in place: allocated subclusters of a cluster of our own
+ * (COPIED), inside the device.  -1 if the write needs the worker.
+ */
+static s64 qcow2_in_place_host(struct qcow2_layer *top,
+			       const struct qcow2_l2_entry *l2e, u64 from, u64 len)
+{
+	const struct qcow2_info *qi = &top->qi;
+	unsigned int sc, sc_last = (from + len - 1) >> qi->subcluster_bits;
+	const char *err;
+	s64 h;
+
+	if (!(l2e->entry & QCOW2_OFLAG_COPIED))
+		return -1;
+	for (sc = from >> qi->subcluster_bits; sc <= sc_last; sc++)
+		if (qcow2_l2_type(qi, l2e, sc, &err) != QCOW2_CL_NORMAL)
+			return -1;
+	h = qcow2_l2_host_offset(qi, l2e, top->dev_size, &err);
+	if (h < 0 || h + qi->cluster_size > top->dev_size)
+		return -1;
+	return h + from;
+}
+
+/*
+ * A write that needs no metadata change: into allocated subclusters of
+ * clusters of our own, extended over following clusters of the same L2 slice
+ * while they are contiguous on the host.  Returns true with *@host and *@run
+ * (bytes) set.
  */
 static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 				 u64 *host, u64 *run)
@@ -371,9 +397,10 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 	u64 l1_idx = guest >> (cb + qi->l2_bits);
 	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
 	u64 in_cluster = guest & (qi->cluster_size - 1);
-	unsigned int sc, sc_last;
 	struct qcow2_l2_entry l2e;
 	struct qcow2_slice *s;
+	unsigned int i, n;
+	const void *data;
 	const char *err;
 	u64 l1e, l2_idx;
 	s64 l2, h;
@@ -391,22 +418,23 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
 	if (IS_ERR(s))
 		return false;
-	qcow2_l2_entry_load(qi, qcow2_slice_data(s),
-			    l2_idx & ((1U << slice_entries_bits) - 1), &l2e);
-	qcow2_slice_put(qt->cache, s);
+	data = qcow2_slice_data(s);
+	n = 1U << slice_entries_bits;
+	*run = 0;
+	for (i = l2_idx & (n - 1); i < n && *run < len; i++) {
+		u64 chunk = min(len - *run, qi->cluster_size - in_cluster);
 
-	*run = min(len, qi->cluster_size - in_cluster);
-	sc_last = (in_cluster + *run - 1) >> qi->subcluster_bits;
-	if (!(l2e.entry & QCOW2_OFLAG_COPIED))
-		return false;
-	for (sc = in_cluster >> qi->subcluster_bits; sc <= sc_last; sc++)
-		if (qcow2_l2_type(qi, &l2e, sc, &err) != QCOW2_CL_NORMAL)
-			return false;
-	h = qcow2_l2_host_offset(qi, &l2e, top->dev_size, &err);
-	if (h < 0 || h + qi->cluster_size > top->dev_size)
-		return false;
-	*host = h + in_cluster;
-	return true;
+		qcow2_l2_entry_load(qi, data, i, &l2e);
+		h = qcow2_in_place_host(top, &l2e, in_cluster, chunk);
+		if (h < 0 || (*run && h != *host + *run))
+			break;
+		if (!*run)
+			*host = h;
+		*run += chunk;
+		in_cluster = 0;
+	}
+	qcow2_slice_put(qt->cache, s);
+	return *run > 0;
 }
 
 static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
