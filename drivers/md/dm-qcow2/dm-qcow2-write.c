@@ -15,10 +15,9 @@
  *       before the commit started, so this flush covers them too)
  *   2. refcount table entries for new refcount blocks  FLUSH (only if any)
  *   3. L2 slices and L1 sectors                         FLUSH
- *   4. refcount decrements of clusters whose last reference was removed in
- *      step 3; they reach the disk with the next commit.  A freed cluster is
- *      discarded on the device and reused only after I/O that may still use
- *      it has drained.
+ *   4. refcount decrements of references that step 3 removed   FLUSH
+ *      (only if any).  A freed cluster is discarded on the device and reused
+ *      only after I/O that may still use it has drained.
  *
  * So a reference is never durable before the refcount that covers it, data
  * never before the L2 entry that points to it, an L2 table never before its
@@ -452,26 +451,37 @@ static void qcow2_drain_inflight(struct qcow2_target *qt)
 	wait_event(qt->inflight_wait, !atomic_read(&qt->inflight[old]));
 }
 
-/* Apply deferred refcount decrements; pass discards of freed clusters down. */
-static int qcow2_apply_deferred(struct qcow2_target *qt)
+/*
+ * Take the frees whose mapping change the commit in progress has just made
+ * durable.  Called with update_sem held for write, so no update can add a
+ * free whose L2 change is not on disk yet.
+ */
+static void qcow2_take_deferred(struct qcow2_target *qt, struct list_head *list)
+{
+	mutex_lock(&qt->meta_lock);
+	list_splice_init(&qt->deferred, list);
+	qt->nr_deferred = 0;
+	mutex_unlock(&qt->meta_lock);
+}
+
+/*
+ * Apply taken refcount decrements and pass discards of freed clusters down.
+ * Returns the number of decrements applied or a negative errno.
+ */
+static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	u32 cb = top->qi.cluster_bits;
 	struct qcow2_deferred *d, *tmp;
-	LIST_HEAD(list);
-	int r = 0;
+	int r = 0, n = 0;
 
-	mutex_lock(&qt->meta_lock);
-	list_splice_init(&qt->deferred, &list);
-	qt->nr_deferred = 0;
-	mutex_unlock(&qt->meta_lock);
-	if (list_empty(&list))
+	if (list_empty(list))
 		return 0;
 
 	qcow2_drain_inflight(qt);
 
 	mutex_lock(&qt->meta_lock);
-	list_for_each_entry_safe(d, tmp, &list, list) {
+	list_for_each_entry_safe(d, tmp, list, list) {
 		u64 c, first = d->offset >> cb;
 		u64 last = (d->offset + d->len - 1) >> cb;
 
@@ -481,6 +491,7 @@ static int qcow2_apply_deferred(struct qcow2_target *qt)
 			r = qcow2_refcount_add(qt, c, -1, &left);
 			if (r)
 				break;
+			n++;
 			if (!left) {
 				/* Freed: nothing may find stale metadata there. */
 				qcow2_cache_invalidate(qt->cache, top, c << cb, 1ULL << cb);
@@ -495,7 +506,7 @@ static int qcow2_apply_deferred(struct qcow2_target *qt)
 		kfree(d);
 	}
 	mutex_unlock(&qt->meta_lock);
-	return r;
+	return r ?: n;
 }
 
 /*
@@ -507,6 +518,7 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	struct block_device *bdev = top->dev->bdev;
+	LIST_HEAD(freed);
 	bool wrote = false;
 	int r = 0;
 
@@ -536,9 +548,27 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 					  &wrote);
 	if (!r && wrote)
 		r = blkdev_issue_flush(bdev);
+	if (!r)
+		qcow2_take_deferred(qt, &freed);
 	up_write(&qt->update_sem);
 	if (!r)
-		r = qcow2_apply_deferred(qt);
+		r = qcow2_apply_deferred(qt, &freed);
+	/*
+	 * 4. Decrements of references that step 3 removed: durable before the
+	 * flush that waits for this commit completes, so that a crash after it
+	 * leaks nothing.  Increments of updates made since step 3 may go along:
+	 * a refcount ahead of its reference is only a leak until the next
+	 * commit.
+	 */
+	if (r > 0 && refcounts) {
+		down_write(&qt->update_sem);
+		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
+		if (r >= 0)
+			r = blkdev_issue_flush(bdev);
+		up_write(&qt->update_sem);
+	}
+	if (r > 0)
+		r = 0;
 	if (r)
 		qcow2_set_mode(qt, QCOW2_MODE_FAIL, "metadata write failed");
 	return r;
@@ -603,7 +633,7 @@ int qcow2_commit_clean(struct qcow2_target *qt)
 	int r;
 
 	r = qcow2_commit(qt, true);
-	/* Frees applied at its end dirtied refcount blocks: write them too. */
+	/* Anything dirtied while it ran (nothing, once quiesced): write it too. */
 	if (!r && qcow2_cache_has_dirty(qt->cache))
 		r = qcow2_commit(qt, true);
 	mutex_lock(&qt->commit_mutex);
