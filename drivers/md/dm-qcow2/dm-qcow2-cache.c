@@ -418,9 +418,9 @@ void qcow2_cache_invalidate_all(struct qcow2_cache *c)
 }
 
 /*
- * Write back every dirty slice of groups <= @group.  The caller excludes
- * concurrent modification.  Returns the number of slices written or the
- * first error; failed slices stay dirty.
+ * Write back every dirty slice of group @group.  The caller excludes
+ * concurrent modification and orders the groups.  Returns the number of
+ * slices written or the first error; failed slices stay dirty.
  */
 int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 {
@@ -430,7 +430,7 @@ int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 
 	spin_lock(&c->lock);
 	list_for_each_entry_safe(s, tmp, &c->dirty, lru) {
-		if (s->group > group)
+		if (s->group != group)
 			continue;
 		s->pins++;
 		list_move_tail(&s->lru, &batch);
