@@ -34,6 +34,34 @@ Subcommands:
       touched its offset.  With --compare, DEV and REF are compared as by
       "compare" at the end.  Exit status 0, 1 if an operation failed, a
       check read differed or (--compare) the final comparison failed.
+      --weights OP=N,... changes the operation mix (OP: write, dwrite,
+      discard, zeroout, flush, dropc, check; N=0 drops it).
+      For crash-consistency tests (test_crash_replay.sh):
+      --journal DIR records what a crash may and may not lose: DIR/initial
+      (REF before the run), DIR/ops (every change of REF, one line each,
+      and "F K" after the K-th durable flush, "F 0" at the start) and
+      DIR/data (the data written).  A durable flush is an fsync/fdatasync
+      of DEV that returned (buffered and O_DIRECT writes issued before it
+      are then acknowledged); BLKFLSBUF alone is not one.  --mark-dev NAME
+      sends "dmsetup message NAME 0 mark diffwork-K" after each durable
+      flush K (and diffwork-0 before the first operation), so a replayed
+      dm-log-writes log tells which flushes completed before a crash point.
+
+  crashcheck IMAGE --journal DIR [--results FILE] [--lazy]
+             [--snapshot NAME=RAW] [--mark MARK]
+      Check one crash point of a replayed qcow2 IMAGE (run by replay-log
+      --check-cmd; the last mark comes from $REPLAY_MARK unless --mark is
+      given, the entry number from $REPLAY_ENTRY).  `qemu-img check` must
+      find no corruption: with --lazy and the dirty bit set, refcount
+      errors are allowed if `qemu-img check -r all` on a copy repairs
+      them; leaked clusters are counted, not failed.  QEMU's view of IMAGE
+      (qemu-img convert) must hold, for every 512-byte sector, the data of
+      durable flush K (K from the mark diffwork-K; 0 without a mark), or,
+      for a sector changed between flush K and flush K+1, one of the
+      values it had during that interval (in-flight writes may or may not
+      have reached the disk, but nothing else may appear: no stale data).
+      --snapshot: internal snapshot NAME must read as RAW.  One line per
+      point is appended to --results.  Exit 0 if the point is consistent.
 
   compare A B [--mask FILE] [--log OPLOG]
       Compare two files or devices byte by byte (block devices are read
@@ -153,6 +181,48 @@ class Work:
         hot_len = min(hot_len, self.size // 4)
         hot_len -= hot_len % 512
         self.hot = (self.rnd.randrange(0, (self.size - hot_len) // 512 + 1) * 512, hot_len)
+        self.jops = self.jdata = None
+        self.nflush = 0
+        if a.journal:
+            os.makedirs(a.journal, exist_ok=True)
+            with open(os.path.join(a.journal, "initial"), "wb") as f:
+                off = 0
+                while off < self.size:
+                    chunk = os.pread(self.rfd, min(1 << 20, self.size - off), off)
+                    f.write(chunk)
+                    off += len(chunk)
+            self.jops = open(os.path.join(a.journal, "ops"), "w")
+            self.jdata = open(os.path.join(a.journal, "data"), "wb")
+            self.jpos = 0
+
+    # -- crash journal --------------------------------------------------
+    def ref_write(self, data, off):
+        os.pwrite(self.rfd, data, off)
+        if self.jops:
+            if any(data):
+                self.jops.write("w %d %d %d %d\n" % (off, len(data), self.jpos, self.n))
+                self.jdata.write(data)
+                self.jpos += len(data)
+            else:
+                self.jops.write("z %d %d %d\n" % (off, len(data), self.n))
+
+    def durable(self, first=False):
+        """A device flush returned: record it and mark the log."""
+        if not self.jops and not self.a.mark_dev:
+            return
+        if not first:
+            self.nflush += 1
+        if self.jops:
+            self.jdata.flush()
+            self.jops.write("F %d %d\n" % (self.nflush, self.n))
+            self.jops.flush()
+        if self.a.mark_dev:
+            import subprocess
+            r = subprocess.run(["dmsetup", "message", self.a.mark_dev, "0", "mark",
+                                "diffwork-%d" % self.nflush],
+                               capture_output=True, text=True)
+            if r.returncode:
+                self.fail("mark diffwork-%d: %s" % (self.nflush, r.stderr.strip()))
 
     # -- choosing ranges ------------------------------------------------
     def io_len(self, lo=512, align=1):
@@ -228,7 +298,7 @@ class Work:
                 self.fail("short write at %d+%d" % (off, n))
         except OSError as e:
             self.fail("write %d+%d: %s" % (off, n, e))
-        os.pwrite(self.rfd, buf, off)
+        self.ref_write(buf, off)
         self.undef.sub(off, off + n)
 
     def op_dwrite(self):
@@ -245,7 +315,7 @@ class Work:
         except OSError as e:
             self.fail("direct write %d+%d: %s" % (off, n, e))
         buf.close()
-        os.pwrite(self.rfd, data, off)
+        self.ref_write(data, off)
         self.undef.sub(off, off + n)
 
     def zrange(self):
@@ -282,7 +352,7 @@ class Work:
                 os.pwrite(self.fd, bytes(n), off)   # self-test on a file
         except OSError as e:
             self.fail("%s %d+%d: %s" % (op, off, n, e))
-        os.pwrite(self.rfd, bytes(n), off)
+        self.ref_write(bytes(n), off)
         if discard and self.a.discard_undefined:
             self.undef.add(off, off + n)
         else:
@@ -300,11 +370,15 @@ class Work:
                 fcntl.ioctl(self.fd, BLKFLSBUF, 0)
         except OSError as e:
             self.fail("flush: %s" % e)
+            return
+        if k < 2:
+            self.durable()
 
     def op_dropc(self):
         self.note("dropc", 0, 0)
         try:
             os.fsync(self.fd)
+            self.durable()
             if self.blk:
                 fcntl.ioctl(self.fd, BLKFLSBUF, 0)
         except OSError as e:
@@ -345,6 +419,11 @@ class Work:
             ops += [("dwrite", 12, self.op_dwrite), ("check", 10, self.op_check)]
         if self.a.no_discard:
             ops = [o for o in ops if o[0] != "discard"]
+        if self.a.weights:
+            w = dict((k, int(v)) for k, v in
+                     (x.split("=") for x in self.a.weights.split(",")))
+            ops = [(o, w.get(o, wt), fn) for o, wt, fn in ops if w.get(o, wt) > 0]
+        self.durable(first=True)
         total = sum(w for _, w, _ in ops)
         for _ in range(self.a.ops):
             x = self.rnd.randrange(total)
@@ -356,11 +435,15 @@ class Work:
         self.note("flush", 0, 0, " final")
         try:
             os.fsync(self.fd)
+            self.durable()
             if self.blk:
                 fcntl.ioctl(self.fd, BLKFLSBUF, 0)
         except OSError as e:
             self.fail("final flush: %s" % e)
         os.fsync(self.rfd)
+        if self.jops:
+            self.jops.close()
+            self.jdata.close()
         if self.a.mask_out:
             with open(self.a.mask_out, "w") as f:
                 for s, e in self.undef.r:
@@ -368,6 +451,8 @@ class Work:
         print("# %d ops (%s) over %d bytes, cluster %d, %d error(s)" %
               (self.n, " ".join("%s:%d" % kv for kv in sorted(self.counts.items())),
                self.size, self.cs, self.errors), flush=True)
+        if self.jops or self.a.mark_dev:
+            print("# %d durable flushes" % self.nflush, flush=True)
         if self.log:
             self.log.close()
         rc = 1 if self.errors else 0
@@ -578,6 +663,196 @@ def cmd_fswork(a):
     return 0
 
 
+def crash_state(jdir, k):
+    """The data of durable flush k, and for the sectors changed between
+    flush k and flush k+1 the set of values each had in that interval."""
+    with open(os.path.join(jdir, "initial"), "rb") as f:
+        exp = bytearray(f.read())
+    with open(os.path.join(jdir, "ops")) as f:
+        lines = f.read().split("\n")
+    data = open(os.path.join(jdir, "data"), "rb")
+
+    def apply(buf, w):
+        off, n = int(w[1]), int(w[2])
+        if w[0] == "w":
+            data.seek(int(w[3]))
+            buf[off:off + n] = data.read(n)
+        else:
+            buf[off:off + n] = bytes(n)
+        return off, n
+
+    i, found, last = 0, False, -1
+    while i < len(lines):
+        w = lines[i].split()
+        i += 1
+        if not w:
+            continue
+        if w[0] == "F":
+            last = int(w[1])
+            if last == k:
+                found = True
+                break
+            continue
+        apply(exp, w)
+    cands, ops = {}, []
+    if found:
+        cur = None
+        while i < len(lines):
+            w = lines[i].split()
+            i += 1
+            if not w:
+                continue
+            if w[0] == "F":
+                break
+            if cur is None:
+                cur = bytearray(exp)
+            off, n = apply(cur, w)
+            ops.append(lines[i - 1])
+            for s in range(off // 512, (off + n - 1) // 512 + 1):
+                cands.setdefault(s, set()).add(bytes(cur[s * 512:s * 512 + 512]))
+    data.close()
+    return (exp if found else None), cands, ops, last
+
+
+def qemu_img(*args):
+    import subprocess
+    return subprocess.run(["qemu-img"] + list(args), capture_output=True, text=True)
+
+
+def header_bits(img):
+    with open(img, "rb") as f:
+        h = f.read(80)
+    if len(h) < 80 or struct.unpack(">I", h[4:8])[0] < 3:
+        return 0
+    return struct.unpack(">Q", h[72:80])[0]
+
+
+def cmd_crashcheck(a):
+    import json
+    import re
+    import shutil
+    import tempfile
+    entry = os.environ.get("REPLAY_ENTRY", "?")
+    mark = a.mark if a.mark is not None else os.environ.get("REPLAY_MARK", "")
+    fails, notes = [], []
+    leaks = corr = repaired = inflight = 0
+
+    m = re.fullmatch(r"diffwork-(\d+)", mark)
+    if m:
+        k = int(m.group(1))
+    elif mark in ("", "dm-log-writes-end"):
+        k = 0 if not mark else None
+    else:
+        print("# entry %s: unexpected mark '%s'" % (entry, mark))
+        return 1
+    bits = header_bits(a.image)
+    dirty = bool(bits & 1)
+    if bits & 2:
+        fails.append("the corrupt bit is set")
+    if dirty and not a.lazy:
+        fails.append("the dirty bit is set without lazy_refcounts")
+
+    r = qemu_img("check", "--output=json", a.image)
+    try:
+        res = json.loads(r.stdout)
+    except ValueError:
+        res = {}
+    corr = res.get("corruptions", 0)
+    leaks = res.get("leaks", 0)
+    if r.returncode not in (0, 2, 3) or res.get("check-errors", 0) or not res:
+        fails.append("qemu-img check exit %d: %s" % (r.returncode, (r.stderr or r.stdout).strip()[:300]))
+    elif corr:
+        text = qemu_img("check", a.image).stdout
+        if a.lazy and dirty:
+            # lazy refcounts: refcounts may lag; a repair must fix them all
+            tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(a.image)))
+            cp = os.path.join(tmp, "repair.qcow2")
+            shutil.copyfile(a.image, cp)
+            r1 = qemu_img("check", "-r", "all", cp)
+            r2 = qemu_img("check", cp)
+            shutil.rmtree(tmp)
+            if r2.returncode != 0:
+                fails.append("lazy_refcounts image with %d refcount error(s) not repaired by "
+                             "check -r all (exit %d then %d):\n%s" %
+                             (corr, r1.returncode, r2.returncode, r2.stdout.strip()[-600:]))
+            else:
+                repaired = corr
+                notes.append("dirty: %d refcount error(s) repaired by check -r all" % corr)
+        else:
+            fails.append("qemu-img check: %d corruption(s)%s:\n%s" %
+                         (corr, " (dirty bit set)" if dirty else "",
+                          "\n".join(l for l in text.splitlines() if l.strip())[:1500]))
+
+    # data: QEMU's view against the journal
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(a.image)))
+    try:
+        out = os.path.join(tmp, "view.raw")
+        r = qemu_img("convert", "-O", "raw", a.image, out)
+        if r.returncode:
+            fails.append("qemu-img convert failed: %s" % r.stderr.strip()[:300])
+        else:
+            if k is None:
+                exp, cands, ops, last = crash_state(a.journal, 1 << 62)
+                k = last
+            exp, cands, ops, last = crash_state(a.journal, k)
+            if exp is None:
+                fails.append("flush %d is not in the journal" % k)
+            else:
+                with open(out, "rb") as f:
+                    act = f.read(len(exp))
+                if len(act) != len(exp):
+                    fails.append("QEMU's view has %d bytes, expected %d" % (len(act), len(exp)))
+                bad = []
+                step = 1 << 20
+                for c in range(0, min(len(act), len(exp)), step):
+                    if act[c:c + step] == exp[c:c + step]:
+                        continue
+                    for o in range(c, min(c + step, len(exp)), 512):
+                        x = act[o:o + 512]
+                        if x == exp[o:o + 512]:
+                            continue
+                        if x in cands.get(o // 512, ()):
+                            inflight += 1
+                        else:
+                            bad.append(o)
+                if bad:
+                    o = bad[0]
+                    x = act[o:o + 512]
+                    what = ("zeros" if not any(x) else
+                            "the initial data" if x == open(os.path.join(a.journal, "initial"), "rb").read()[o:o + 512]
+                            else "other data")
+                    hit = [l for l in ops if int(l.split()[1]) <= o < int(l.split()[1]) + int(l.split()[2])]
+                    fails.append("%d sector(s) differ from flush %d (and from the writes in flight "
+                                 "after it); first at byte %d, which reads as %s; journal ops in "
+                                 "flight there: %s" % (len(bad), k, o, what,
+                                                       "; ".join(hit[-4:]) if hit else "none"))
+        if a.snapshot:
+            name, raw = a.snapshot.split("=", 1)
+            sout = os.path.join(tmp, "snap.raw")
+            r = qemu_img("convert", "-l", "snapshot.name=" + name, "-O", "raw", a.image, sout)
+            if r.returncode:
+                fails.append("snapshot %s: convert failed: %s" % (name, r.stderr.strip()[:300]))
+            elif compare(sout, raw, Intervals()):
+                fails.append("snapshot %s does not hold its data" % name)
+    finally:
+        shutil.rmtree(tmp)
+
+    line = ("entry %s mark %s flush %s corruptions %d leaks %d dirty %d repaired %d "
+            "inflight_sectors %d %s" % (entry, mark or "-", k, corr, leaks, int(dirty),
+                                        repaired, inflight, "FAIL" if fails else "ok"))
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write(line + "\n")
+    if fails or leaks or notes:
+        print("# crash point at entry %s (mark '%s', flush %s): %s" %
+              (entry, mark, k, "; ".join(notes + (["%d leaked cluster(s)" % leaks] if leaks else []))
+               if not fails else "FAILED"))
+    for f in fails:
+        for l in f.splitlines():
+            print("#   " + l)
+    return 1 if fails else 0
+
+
 def cmd_fill(a):
     rnd = random.Random(a.seed)
     size = a.size
@@ -622,6 +897,16 @@ def main():
     r.add_argument("--mask-out")
     r.add_argument("--compare", action="store_true")
     r.add_argument("--log")
+    r.add_argument("--weights")
+    r.add_argument("--journal")
+    r.add_argument("--mark-dev")
+    k = sub.add_parser("crashcheck")
+    k.add_argument("image")
+    k.add_argument("--journal", required=True)
+    k.add_argument("--results")
+    k.add_argument("--lazy", action="store_true")
+    k.add_argument("--snapshot")
+    k.add_argument("--mark")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
@@ -642,7 +927,7 @@ def main():
     f.add_argument("--holes", action="store_true")
     a = p.parse_args()
     return {"run": cmd_run, "compare": cmd_compare, "fswork": cmd_fswork,
-            "fill": cmd_fill}[a.cmd](a)
+            "fill": cmd_fill, "crashcheck": cmd_crashcheck}[a.cmd](a)
 
 
 if __name__ == "__main__":
