@@ -8,6 +8,8 @@
 #   make check              build for both test kernels with W=1 and sparse, run the
 #                           userspace tests and the whole selftest suite in VMs
 #   make demo               the README's demo, in a test VM
+#   make fuzz               fuzz the format parser with libFuzzer (FUZZ_SECONDS=20 per target)
+#   make deb                Debian packages dm-qcow2-dkms and qcow2setup in build/deb
 #   make clean
 
 SRCDIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -21,12 +23,12 @@ CHECK_KVERS ?= $(shell $(SRCDIR)/tools/testing/kvers.sh)
 
 MODULE_SRCS := Kbuild $(shell cd $(SRCDIR) && find drivers include -name '*.[ch]' -not -path '*/probes/*')
 
-.PHONY: all modules deps install clean check check-build check-unit check-vm demo help bench qcow2setup
+.PHONY: all modules deps install clean check check-build check-unit check-vm demo help bench qcow2setup deb fuzz
 
 all: modules
 
 help:
-	@sed -n '3,12p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	@$(SRCDIR)/tools/setup-deps.sh
@@ -52,6 +54,7 @@ check-unit: deps
 	@$(MAKE) -s -C $(SRCDIR)/tools/testing/format-test test
 
 check-vm: deps qcow2setup
+	@$(MAKE) -s -C $(SRCDIR)/tools/testing/log-writes
 	@$(SRCDIR)/tools/testing/check-vm.sh $(CHECK_KVERS)
 
 check: deps
@@ -59,6 +62,13 @@ check: deps
 
 demo: deps
 	@$(SRCDIR)/tools/testing/demo.sh
+
+FUZZ_SECONDS ?= 20
+fuzz: deps
+	@$(SRCDIR)/tools/testing/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
+
+deb: deps
+	@$(SRCDIR)/tools/packaging/build-debs.sh $(SRCDIR)/build/deb
 
 # dm-qcow2 vs dm-linear, qemu-nbd and VDUSE in a test VM (QUICK=1: CI smoke)
 bench: deps
@@ -68,3 +78,5 @@ clean:
 	rm -rf $(SRCDIR)/build
 	-@$(MAKE) -s -C $(SRCDIR)/tools/testing/format-test clean 2>/dev/null
 	-@$(MAKE) -s -C $(SRCDIR)/tools/qcow2setup clean 2>/dev/null
+	-@$(MAKE) -s -C $(SRCDIR)/tools/testing/log-writes clean 2>/dev/null
+	-@$(MAKE) -s -C $(SRCDIR)/tools/testing/fuzz clean 2>/dev/null

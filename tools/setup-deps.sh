@@ -10,7 +10,9 @@ PKGS="build-essential bc flex bison libelf-dev kmod cpio busybox-static
       linux-image-6.12-amd64 linux-headers-6.12-amd64
       qemu-system-x86 qemu-utils dmsetup libdevmapper-dev udev
       fio e2fsprogs xfsprogs sparse pkg-config zstd zlib1g-dev libzstd-dev
-      strace util-linux xxd python3"
+      strace util-linux xxd python3 initramfs-tools
+      clang libclang-rt-14-dev
+      dkms dpkg-dev lintian bash-completion debootstrap"
 
 missing=""
 for p in $PKGS; do

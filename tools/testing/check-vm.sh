@@ -3,10 +3,15 @@
 #
 # check-vm.sh KVER...
 #
-# For each kernel: build the module, prove that the VM runner catches kernel
-# reports and timeouts, then run the whole selftest suite in a VM.
-# Prints each suite's TAP and ends with "check-vm: N passed, N failed, N skipped".
-# Set SELFTESTS="test_a.sh test_b.sh" to run a subset.
+# For each kernel: build the module and prove that the VM runner catches
+# kernel reports and timeouts; then run the whole selftest suite, one VM per
+# kernel, the VMs in parallel (a TCG guest keeps about one host CPU busy).
+# Prints each suite's TAP (in kernel order, once all are done) and ends with
+# "check-vm: N passed, N failed, N skipped".
+#
+# Environment:
+#   SELFTESTS="test_a.sh test_b.sh"   run a subset
+#   CHECK_VM_SERIAL=1                 one kernel after the other
 set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,8 +19,12 @@ cd "$top" || exit 1
 # shellcheck source=tools/testing/counts.sh
 . tools/testing/counts.sh
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+kvers=()
+
 for kver in "$@"; do
-	echo "# ==== kernel $kver"
+	echo "# ==== kernel $kver: build and runner self-check"
 	if ! make -s KVER="$kver" modules >/dev/null; then
 		echo "not ok - build for $kver"
 		fail=$((fail + 1))
@@ -31,15 +40,50 @@ for kver in "$@"; do
 		echo "not ok - runner self-check on $kver gave no summary"
 		fail=$((fail + 1))
 	fi
+	kvers+=("$kver")
+done
 
-	log=$(mktemp)
+# Slow tests whose subject does not depend on the kernel run in the last
+# kernel's VM only (the others report them as skipped).
+ONE_KERNEL_TESTS="test_boot_root.sh test_nested_vm.sh"
+
+# run_suite KVER LOG [ELSEWHERE]: the selftest suite of one kernel, without
+# the tests in ELSEWHERE; LOG.rc gets the status
+run_suite()
+{
+	local kver=$1 log=$2 elsewhere=${3:-}
+
 	# shellcheck disable=SC2086
 	tools/testing/vm/run-vm.sh --kver "$kver" --module "build/$kver/dm-qcow2.ko" \
-		--disk 2G --disk 2G --mem 3072 --timeout 2400 -- \
-		selftests/dm-qcow2/run_tests.sh ${SELFTESTS:-} | tee "$log"
-	rc=${PIPESTATUS[0]}
-	line=$(summary_line "$log")
-	rm -f "$log"
+		--disk 2G --disk 2G --mem 3072 --timeout 3600 \
+		--env "SELFTESTS_ELSEWHERE=$elsewhere" -- \
+		selftests/dm-qcow2/run_tests.sh ${SELFTESTS:-} >"$log" 2>&1
+	echo $? >"$log.rc"
+}
+
+i=0
+for kver in "${kvers[@]}"; do
+	i=$((i + 1))
+	elsewhere=""
+	[ -z "${SELFTESTS:-}" ] && [ "$i" -lt "${#kvers[@]}" ] && elsewhere=$ONE_KERNEL_TESTS
+	echo "# ==== kernel $kver: selftests started in a VM at $(date +%T)${elsewhere:+ (skipping here, run on the last kernel: $elsewhere)}"
+	if [ "${CHECK_VM_SERIAL:-0}" = 1 ]; then
+		run_suite "$kver" "$work/$i.log" "$elsewhere"
+	else
+		run_suite "$kver" "$work/$i.log" "$elsewhere" &
+		# Start the VMs a little apart: their boots are the busiest part.
+		sleep 20
+	fi
+done
+wait
+
+i=0
+for kver in "${kvers[@]}"; do
+	i=$((i + 1))
+	echo "# ==== kernel $kver: selftests"
+	cat "$work/$i.log"
+	rc=$(cat "$work/$i.log.rc" 2>/dev/null || echo 126)
+	line=$(summary_line "$work/$i.log")
 	if [ -n "$line" ]; then
 		add_counts "$line"
 	fi

@@ -34,6 +34,9 @@ if [ $# = 0 ]; then
 fi
 run_part "static checks" tools/testing/check-build.sh "$@"
 run_part "format unit tests" make -s -C tools/testing/format-test test
+run_part "packaging (debs, DKMS, generator, completion)" tools/testing/check-package.sh "$@"
+run_part "clean install of the packages in a Debian 12 chroot" tools/testing/check-install.sh
+run_part "fuzzing" tools/testing/fuzz/run-fuzz.sh "${FUZZ_SECONDS:-20}"
 # The selftests use the host-built qcow2setup (the guest's tree is read-only).
 if make -s -C tools/qcow2setup >/dev/null; then
 	echo "ok - qcow2setup builds"
@@ -42,6 +45,8 @@ else
 	echo "not ok - qcow2setup build"
 	fail=$((fail + 1))
 fi
+# Also the replay tool of the crash tests (test_crash_replay.sh), with its tests.
+run_part "log-writes replay tool" make -s -C tools/testing/log-writes test
 run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 
 echo "# make check took $(($(date +%s) - start)) s on kernels: $*"
