@@ -295,40 +295,6 @@ static void qcow2_process_read(struct qcow2_target *qt, struct bio *bio)
 	bio_endio(bio);
 }
 
-static void qcow2_inflight_put(struct qcow2_target *qt, struct qcow2_bio *qb)
-{
-	if (qb->counted && atomic_dec_and_test(&qt->inflight[qb->gen]))
-		wake_up(&qt->inflight_wait);
-	qb->counted = false;
-}
-
-void qcow2_bio_work(struct work_struct *work)
-{
-	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
-	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
-	struct qcow2_target *qt = qb->qt;
-	unsigned int noio = memalloc_noio_save();
-
-	/*
-	 * Flushes and writes may wait for a commit, which waits for counted
-	 * bios: stop counting them.  They need no count: the clusters a write
-	 * touches are held by its cluster lock.
-	 */
-	if (bio_op(bio) != REQ_OP_READ)
-		qcow2_inflight_put(qt, qb);
-
-	if (op_is_flush(bio->bi_opf) && !bio_sectors(bio)) {
-		bio->bi_status = errno_to_blk_status(qcow2_commit(qt, false));
-		bio_endio(bio);
-	} else if (bio_op(bio) == REQ_OP_READ) {
-		qcow2_process_read(qt, bio);
-	} else {
-		bio->bi_status = qcow2_process_write(qt, bio);
-		bio_endio(bio);
-	}
-	memalloc_noio_restore(noio);
-}
-
 /*
  * Count a bio of a writable target in the current generation: a freed host
  * cluster is reused only after every bio that might have been mapped to it
@@ -350,6 +316,41 @@ static void qcow2_inflight_get(struct qcow2_target *qt, struct qcow2_bio *qb)
 	}
 	qb->gen = g;
 	qb->counted = true;
+}
+
+static void qcow2_inflight_put(struct qcow2_target *qt, struct qcow2_bio *qb)
+{
+	if (qb->counted && atomic_dec_and_test(&qt->inflight[qb->gen]))
+		wake_up(&qt->inflight_wait);
+	qb->counted = false;
+}
+
+void qcow2_bio_work(struct work_struct *work)
+{
+	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
+	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
+	struct qcow2_target *qt = qb->qt;
+	unsigned int noio = memalloc_noio_save();
+
+	/*
+	 * A read is counted again from before it resolves its mapping until it
+	 * completes.  Flushes and writes may wait for a commit, which waits for
+	 * counted bios: they are not counted.  They need no count: the clusters
+	 * a write touches are held by its cluster lock.
+	 */
+	if (bio_op(bio) == REQ_OP_READ && qt->reftable)
+		qcow2_inflight_get(qt, qb);
+
+	if (op_is_flush(bio->bi_opf) && !bio_sectors(bio)) {
+		bio->bi_status = errno_to_blk_status(qcow2_commit(qt, false));
+		bio_endio(bio);
+	} else if (bio_op(bio) == REQ_OP_READ) {
+		qcow2_process_read(qt, bio);
+	} else {
+		bio->bi_status = qcow2_process_write(qt, bio);
+		bio_endio(bio);
+	}
+	memalloc_noio_restore(noio);
 }
 
 int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error)
@@ -437,10 +438,16 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 	return *run > 0;
 }
 
+/*
+ * Hand @bio to a worker.  It is uncounted while queued: it uses no mapping
+ * yet, and a commit draining counted bios must not wait for work items that
+ * cannot start while every worker waits for that commit.
+ */
 static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
 {
 	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
 
+	qcow2_inflight_put(qt, qb);
 	qb->qt = qt;
 	INIT_WORK(&qb->work, qcow2_bio_work);
 	queue_work(qt->wq, &qb->work);
