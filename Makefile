@@ -10,6 +10,7 @@
 #   make demo               the README's demo, in a test VM
 #   make fuzz               fuzz the format parser with libFuzzer (FUZZ_SECONDS=20 per target)
 #   make deb                Debian packages dm-qcow2-dkms and qcow2setup in build/deb
+#   make bench              dm-qcow2 vs dm-linear, qemu-nbd and VDUSE in a test VM (QUICK=1: short)
 #   make clean
 
 SRCDIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -28,7 +29,7 @@ MODULE_SRCS := Kbuild $(shell cd $(SRCDIR) && find drivers include -name '*.[ch]
 all: modules
 
 help:
-	@sed -n '3,14p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	@$(SRCDIR)/tools/setup-deps.sh
