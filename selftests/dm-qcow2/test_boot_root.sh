@@ -92,17 +92,6 @@ _br_cleanup()
 }
 _on_exit _br_cleanup
 
-NFAIL=0
-_result()
-{
-	if [ "$2" -eq 0 ]; then
-		ktap_ok "$1"
-	else
-		ktap_fail "$1"
-		NFAIL=$((NFAIL + 1))
-	fi
-}
-
 # /sbin/init of the image (busybox sh)
 ROOT_INIT='#!/bin/sh
 export PATH=/bin:/sbin
@@ -368,7 +357,7 @@ for t in $TESTS; do
 	"$t"
 	r=$?
 	_diag "${t#t_}: $((SECONDS - t1)) s"
-	_result "$desc" $r
+	ktap_result $r "$desc"
 	# the boots need the images and the initramfs
 	case $t in
 	t_images | t_mkinitramfs) prev=$r ;;

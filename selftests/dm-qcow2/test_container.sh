@@ -61,17 +61,6 @@ _ct_cleanup()
 }
 _on_exit _ct_cleanup
 
-NFAIL=0
-_result()
-{
-	if [ "$2" -eq 0 ]; then
-		ktap_ok "$1"
-	else
-		ktap_fail "$1"
-		NFAIL=$((NFAIL + 1))
-	fi
-}
-
 # The container.  $1 = device major:minor, $2 = directory with the files to
 # write, $3 = mode (clean|killed), $4 = ready file (killed).  Everything it
 # needs from the host is on the shared root (bash, coreutils, mount); it
@@ -274,7 +263,7 @@ for t in $TESTS; do
 	"$t"
 	r=$?
 	_diag "${t#t_}: $((SECONDS - t1)) s"
-	_result "$desc" $r
+	ktap_result $r "$desc"
 	prev=$r
 done
 ktap_finish

@@ -93,17 +93,6 @@ _q2s_cleanup()
 }
 _on_exit _q2s_cleanup
 
-NFAIL=0
-_result()
-{
-	if [ "$2" -eq 0 ]; then
-		ktap_ok "$1"
-	else
-		ktap_fail "$1"
-		NFAIL=$((NFAIL + 1))
-	fi
-}
-
 # _q2s ARGS...: run the tool; sets RC, OUT (stdout) and ERR (stderr).
 _q2s()
 {
@@ -781,7 +770,7 @@ _gen_images >"$WORK/gen.log" 2>&1
 GEN=$?
 [ $GEN = 0 ] || _diag "image generation failed:" "$(tail -20 "$WORK/gen.log")"
 _diag "test images: $(($(date +%s) - T0)) s"
-_result "qcow2setup: test images" $GEN
+ktap_result $GEN "qcow2setup: test images"
 
 for t in $TESTS; do
 	desc="qcow2setup: ${t#t_}"
@@ -805,7 +794,7 @@ for t in $TESTS; do
 		BG_PIDS=() MANUAL_LOOPS=() MNT="" KEEP_LOOPS=""
 	fi
 	_diag "${t#t_}: $(($(date +%s) - t1)) s"
-	_result "$desc" $r
+	ktap_result $r "$desc"
 done
 _diag "total $(($(date +%s) - T0)) s"
 ktap_finish

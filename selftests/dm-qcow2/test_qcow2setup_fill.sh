@@ -72,17 +72,6 @@ else
 	_diag "image files on tmpfs (no spare disk)"
 fi
 
-NFAIL=0
-_result()
-{
-	if [ "$2" -eq 0 ]; then
-		ktap_ok "$1"
-	else
-		ktap_fail "$1"
-		NFAIL=$((NFAIL + 1))
-	fi
-}
-
 # _pattern FILE SIZE SEED: random bytes
 _pattern()
 {
@@ -198,6 +187,6 @@ for t in $TESTS; do
 	fi
 	rm -f "$WORK/pat.raw"
 	_diag "${t#t_}: $((SECONDS - t1)) s"
-	_result "$desc" $r
+	ktap_result $r "$desc"
 done
 ktap_finish
