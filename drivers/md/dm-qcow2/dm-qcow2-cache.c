@@ -13,6 +13,8 @@
  * The lookup path takes one spinlock; a miss is filled synchronously by the
  * caller (a worker), others asking for the same slice wait for it.
  */
+#include <linux/blkdev.h>
+#include <linux/completion.h>
 #include <linux/hash.h>
 #include <linux/hashtable.h>
 #include <linux/slab.h>
@@ -34,6 +36,7 @@ struct qcow2_slice {
 	unsigned int pins;
 	unsigned int group;	/* writeback group while dirty */
 	unsigned long flags;
+	blk_status_t wb_status;	/* result of the last writeback */
 	struct page *page;
 };
 
@@ -417,16 +420,43 @@ void qcow2_cache_invalidate_all(struct qcow2_cache *c)
 	spin_unlock(&c->lock);
 }
 
+struct qcow2_wb {
+	atomic_t pending;
+	struct completion done;
+};
+
+struct qcow2_wb_bio {
+	struct qcow2_slice *s;
+	struct qcow2_wb *wb;
+	struct bio_vec bvec;
+	struct bio bio;		/* last: ends in a flexible array */
+};
+
+static void qcow2_wb_endio(struct bio *bio)
+{
+	struct qcow2_wb_bio *wbb = container_of(bio, struct qcow2_wb_bio, bio);
+
+	wbb->s->wb_status = bio->bi_status;
+	if (atomic_dec_and_test(&wbb->wb->pending))
+		complete(&wbb->wb->done);
+}
+
 /*
- * Write back every dirty slice of group @group.  The caller excludes
- * concurrent modification and orders the groups.  Returns the number of
- * slices written or the first error; failed slices stay dirty.
+ * Write back every dirty slice of group @group.  The writes are submitted
+ * together and waited for at once, so a commit costs one device round trip
+ * per group rather than one per slice.  The caller excludes concurrent
+ * modification and orders the groups.  Returns the number of slices
+ * written or the first error; failed slices stay dirty.
  */
 int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 {
 	struct qcow2_slice *s, *tmp;
+	struct qcow2_wb_bio *wbbs;
+	struct qcow2_wb wb;
+	struct blk_plug plug;
 	LIST_HEAD(batch);
-	int r, err = 0, n = 0;
+	unsigned int nr = 0, i = 0;
+	int err = 0, n = 0;
 
 	spin_lock(&c->lock);
 	list_for_each_entry_safe(s, tmp, &c->dirty, lru) {
@@ -434,13 +464,52 @@ int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 			continue;
 		s->pins++;
 		list_move_tail(&s->lru, &batch);
+		nr++;
 	}
 	spin_unlock(&c->lock);
+	if (!nr)
+		return 0;
+
+	wbbs = kvcalloc(nr, sizeof(*wbbs), GFP_NOIO);
+	atomic_set(&wb.pending, 1);
+	init_completion(&wb.done);
+	blk_start_plug(&plug);
+	list_for_each_entry(s, &batch, lru) {
+		unsigned int len = 1U << s->layer->slice_bits;
+		struct qcow2_wb_bio *wbb;
+		int r;
+
+		if (!wbbs) {
+			/* No memory for the batch: one synchronous write each. */
+			r = qcow2_write_bytes(c->qt, s->layer, s->offset,
+					      page_address(s->page), len);
+			s->wb_status = errno_to_blk_status(r);
+			continue;
+		}
+		wbb = &wbbs[i++];
+		wbb->s = s;
+		wbb->wb = &wb;
+		bio_init(&wbb->bio, s->layer->dev->bdev, &wbb->bvec, 1,
+			 REQ_OP_WRITE | REQ_SYNC | REQ_META);
+		wbb->bio.bi_iter.bi_sector = s->offset >> SECTOR_SHIFT;
+		wbb->bio.bi_end_io = qcow2_wb_endio;
+		__bio_add_page(&wbb->bio, s->page, len, 0);
+		atomic_inc(&wb.pending);
+		submit_bio(&wbb->bio);
+	}
+	blk_finish_plug(&plug);
+	if (!atomic_dec_and_test(&wb.pending))
+		wait_for_completion_io(&wb.done);
+	for (i = 0; wbbs && i < nr; i++)
+		bio_uninit(&wbbs[i].bio);
+	kvfree(wbbs);
 
 	list_for_each_entry_safe(s, tmp, &batch, lru) {
-		r = qcow2_write_bytes(c->qt, s->layer, s->offset,
-				      page_address(s->page),
-				      1U << s->layer->slice_bits);
+		int r = blk_status_to_errno(s->wb_status);
+
+		if (r)
+			DMERR_LIMIT("%s: metadata write at %llu failed: %d",
+				    qcow2_dev_name(c->qt), s->offset, r);
 		spin_lock(&c->lock);
 		if (r) {
 			err = err ?: r;
