@@ -303,6 +303,24 @@ struct qcow2_slice *qcow2_slice_get_new(struct qcow2_cache *c,
 	return __qcow2_slice_get(c, layer, offset, QCOW2_GET_NEW);
 }
 
+/*
+ * [@offset, @offset + @len) of @layer's device was just zeroed on disk (a new
+ * L2 table): enter its slices as clean zero-filled slices, so that the first
+ * lookups in the new table do not read back the zeros.
+ */
+void qcow2_cache_add_zeroed(struct qcow2_cache *c, struct qcow2_layer *layer,
+			    u64 offset, u64 len)
+{
+	u64 step = 1ULL << layer->slice_bits;
+	struct qcow2_slice *s;
+	u64 off;
+
+	for (off = offset; off < offset + len; off += step) {
+		s = __qcow2_slice_get(c, layer, off, QCOW2_GET_NEW);
+		qcow2_slice_put(c, s);
+	}
+}
+
 void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
 {
 	bool wake = false;

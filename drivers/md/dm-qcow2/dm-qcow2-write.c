@@ -43,6 +43,8 @@
 
 /* Dirty slices one cluster update may add (L2, refblocks, new tables). */
 #define QCOW2_UPDATE_SLICES	6
+/* A new L2 table of at most this many slices enters the cache zero-filled. */
+#define QCOW2_NEW_L2_SLICES	32
 /* Commit when this many freed ranges wait for their decrement. */
 #define QCOW2_MAX_DEFERRED	4096
 
@@ -701,6 +703,9 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	qcow2_cache_invalidate(qt->cache, top, new, qi->cluster_size);
 	if (!old) {
 		r = qcow2_zero_cluster(qt, new);
+		/* Spare the first lookups a read of the zeros (small tables). */
+		if (!r && qi->cluster_size >> top->slice_bits <= QCOW2_NEW_L2_SLICES)
+			qcow2_cache_add_zeroed(qt->cache, top, new, qi->cluster_size);
 	} else {
 		/* A shared table is never modified in place: disk is current. */
 		buf = kvmalloc(qi->cluster_size, GFP_NOIO);
@@ -810,6 +815,88 @@ static enum qcow2_cluster_type qcow2_sc_type(struct qcow2_target *qt,
 }
 
 /*
+ * Is everything in [@start, @end) of a cluster with entry @old, outside the
+ * written [@off, @off + @len), zeros?  Then the fill need not be copied.
+ */
+static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_entry *old,
+			       u32 start, u32 end, u32 off, u32 len)
+{
+	u32 scb = qcow2_top(qt)->qi.subcluster_bits;
+	unsigned int sc;
+
+	for (sc = start >> scb; sc <= (end - 1) >> scb; sc++) {
+		u32 a = max(start, sc << scb), b = min(end, (sc + 1) << scb);
+
+		if (a >= off && b <= off + len)
+			continue;	/* written whole: no fill */
+		switch (qcow2_sc_type(qt, old, sc)) {
+		case QCOW2_CL_ZERO_PLAIN:
+		case QCOW2_CL_ZERO_ALLOC:
+			break;
+		case QCOW2_CL_UNALLOCATED:
+		case QCOW2_CL_UNALLOCATED_ALLOC:
+			if (qt->nr_layers == 1)
+				break;
+			return false;
+		default:
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * Write @bio at byte @host + @off of the top device and zeros around it in
+ * [@host + @start, @host + @end): write-zeroes where the device does it
+ * cheaply, no bounce buffer and no copy of the data.
+ */
+static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64 host,
+				   u32 start, u32 end, u32 off, u32 len)
+{
+	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
+	int r = 0;
+
+	if (start < off)
+		r = blkdev_issue_zeroout(bdev, (host + start) >> SECTOR_SHIFT,
+					 (off - start) >> SECTOR_SHIFT, GFP_NOIO,
+					 BLKDEV_ZERO_NOUNMAP);
+	if (!r && end > off + len)
+		r = blkdev_issue_zeroout(bdev, (host + off + len) >> SECTOR_SHIFT,
+					 (end - off - len) >> SECTOR_SHIFT, GFP_NOIO,
+					 BLKDEV_ZERO_NOUNMAP);
+	if (!r)
+		r = qcow2_write_bio_at(qt, bio, host + off);
+	return r;
+}
+
+/*
+ * The L2 slice that an update of (@l1_idx, @l2_idx) will use, read and
+ * pinned before meta_lock is taken, so that a cache miss does not hold up
+ * every other update.  Only for tables of our own (COPIED): those never move
+ * while the image is mapped, so the slice stays the right one.  NULL when
+ * there is nothing to read ahead; errors are found again under the lock.
+ */
+static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx,
+					     u64 l2_idx)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	u64 l1e = READ_ONCE(top->l1[l1_idx]);
+	u32 slice_entries_bits = top->slice_bits - top->qi.l2_entry_shift;
+	struct qcow2_slice *s;
+	const char *err;
+	s64 l2;
+
+	if (!(l1e & QCOW2_OFLAG_COPIED))
+		return NULL;
+	l2 = qcow2_l1_entry_l2_offset(&top->qi, l1e, top->dev_size, &err);
+	if (l2 <= 0)
+		return NULL;
+	s = qcow2_slice_get(qt->cache, top,
+			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), false);
+	return IS_ERR(s) ? NULL : s;
+}
+
+/*
  * Write [@off, @off + @len) of guest cluster @guest_cluster from @bio (or
  * zeros if @bio is NULL).  The whole update of one cluster happens under its
  * cluster lock.
@@ -828,16 +915,17 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	enum qcow2_cluster_type t;
 	u64 slice_off, host, old_host = 0, free_len = 0;
 	bool in_place, alloc = false;
-	struct qcow2_slice *s;
+	struct qcow2_slice *s, *pre;
 	u32 start, end;
 	const char *err;
 	void *buf = NULL;
 	s64 l2, h;
 	int r;
 
+	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx);
 	r = qcow2_begin_update(qt);
 	if (r)
-		return r;
+		goto out;
 	mutex_lock(&qt->meta_lock);
 	l2 = qcow2_l2_writable(qt, l1_idx);
 	if (l2 < 0) {
@@ -921,6 +1009,8 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 
 	if (start == off && end == off + len && bio) {
 		r = qcow2_write_bio_at(qt, bio, host + off);
+	} else if (bio && qcow2_fill_is_zero(qt, &old, start, end, off, len)) {
+		r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
 	} else {
 		buf = kvmalloc(end - start, GFP_NOIO);
 		r = buf ? 0 : -ENOMEM;
@@ -983,6 +1073,9 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 unlock:
 	mutex_unlock(&qt->meta_lock);
 	qcow2_end_update(qt);
+out:
+	if (pre)
+		qcow2_slice_put(qt->cache, pre);
 	return r;
 }
 

@@ -153,6 +153,8 @@ void qcow2_slice_put(struct qcow2_cache *cache, struct qcow2_slice *s);
 void *qcow2_slice_data(const struct qcow2_slice *s);
 struct qcow2_slice *qcow2_slice_get_new(struct qcow2_cache *cache,
 					struct qcow2_layer *layer, u64 offset);
+void qcow2_cache_add_zeroed(struct qcow2_cache *cache, struct qcow2_layer *layer,
+			    u64 offset, u64 len);
 void qcow2_slice_mark_dirty(struct qcow2_cache *cache, struct qcow2_slice *s,
 			    unsigned int group);
 bool qcow2_cache_reserve(struct qcow2_cache *cache, unsigned int n);
