@@ -482,6 +482,7 @@ static void qcow2_dtr(struct dm_target *ti)
 	bitmap_free(qt->l1_dirty);
 	qcow2_dpool_destroy(qt->dpool);
 	qcow2_cache_destroy(qt->cache);
+	bioset_exit(&qt->write_bs);
 	bioset_exit(&qt->bs);
 	if (qt->io_client)
 		dm_io_client_destroy(qt->io_client);
@@ -612,7 +613,13 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 
+	/*
+	 * Two sets: a write piece is held while its data is written through a
+	 * second clone, which must not wait for the pool the piece came from.
+	 */
 	r = bioset_init(&qt->bs, BIO_POOL_SIZE, 0, 0);
+	if (!r)
+		r = bioset_init(&qt->write_bs, BIO_POOL_SIZE, 0, 0);
 	if (r) {
 		ti->error = "Cannot allocate bio set";
 		goto bad;

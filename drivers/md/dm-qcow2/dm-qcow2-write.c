@@ -794,7 +794,7 @@ static int qcow2_write_bio_at(struct qcow2_target *qt, struct bio *bio, u64 host
 	struct bio *clone;
 	int r;
 
-	clone = bio_alloc_clone(qcow2_top(qt)->dev->bdev, bio, GFP_NOIO, &qt->bs);
+	clone = bio_alloc_clone(qcow2_top(qt)->dev->bdev, bio, GFP_NOIO, &qt->write_bs);
 	if (!clone)
 		return -ENOMEM;
 	clone->bi_iter.bi_sector = host >> SECTOR_SHIFT;

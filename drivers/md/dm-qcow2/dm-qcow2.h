@@ -82,7 +82,8 @@ struct qcow2_target {
 	struct qcow2_dpool *dpool;
 	struct dm_io_client *io_client;
 	struct workqueue_struct *wq;
-	struct bio_set bs;
+	struct bio_set bs;		/* read clones, per-cluster pieces of writes */
+	struct bio_set write_bs;	/* writes of a piece's data to the device */
 
 	unsigned long flags;
 
