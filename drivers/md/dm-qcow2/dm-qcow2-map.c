@@ -178,6 +178,83 @@ static int qcow2_layer_resolve(struct qcow2_layer *layer, u64 guest, u64 len,
 }
 
 /*
+ * The owner map: for each region of the guest address space, the first
+ * backing layer (index 1 and up) that may have something for it: one with an
+ * L1 entry in use there, one whose virtual size ends there, or a raw layer
+ * (nr_layers: none, zeros).  A read that falls through the top layer goes
+ * straight to that layer, so a chain of hundreds of layers that hold nothing
+ * for a region costs one lookup, not one per layer.  Backing layers do not
+ * change while mapped; resume rebuilds the map.  Regions are the smallest L2
+ * table span of the backing layers, made coarser (which only makes the map
+ * less precise) to keep it at most QCOW2_OWNER_MAX_REGIONS entries.  Without
+ * memory for it, every layer is asked as before.
+ */
+#define QCOW2_OWNER_MAX_REGIONS	(1U << 16)
+
+void qcow2_owner_map_free(struct qcow2_target *qt)
+{
+	kvfree(qt->owner);
+	qt->owner = NULL;
+	qt->owner_regions = 0;
+}
+
+static void qcow2_owner_set(u16 *owner, u64 first, u64 last, unsigned int k)
+{
+	for (; first <= last; first++)
+		owner[first] = k;
+}
+
+void qcow2_owner_map_build(struct qcow2_target *qt)
+{
+	u64 size = qt->layers[0].size, nr, i;
+	unsigned int shift = 63, k;
+	u16 *owner;
+
+	qcow2_owner_map_free(qt);
+	if (qt->nr_layers < 2 || !size)
+		return;
+	for (k = 1; k < qt->nr_layers; k++) {
+		const struct qcow2_info *qi = &qt->layers[k].qi;
+
+		if (qt->layers[k].fmt == QCOW2_FMT_QCOW2)
+			shift = min(shift, qi->cluster_bits + qi->l2_bits);
+	}
+	while (shift < 63 && (size - 1) >> shift >= QCOW2_OWNER_MAX_REGIONS)
+		shift++;
+	nr = ((size - 1) >> shift) + 1;
+	owner = kvmalloc_array(nr, sizeof(*owner), GFP_KERNEL);
+	if (!owner)
+		return;
+	qcow2_owner_set(owner, 0, nr - 1, qt->nr_layers);
+
+	/* From the bottom up, so that the first layer of each region wins. */
+	for (k = qt->nr_layers - 1; k >= 1; k--) {
+		const struct qcow2_layer *layer = &qt->layers[k];
+		u32 span_shift = layer->qi.cluster_bits + layer->qi.l2_bits;
+
+		if (layer->fmt == QCOW2_FMT_RAW) {
+			qcow2_owner_set(owner, 0, nr - 1, k);
+			continue;
+		}
+		if (layer->size < size)
+			qcow2_owner_set(owner, layer->size >> shift, nr - 1, k);
+		for (i = 0; i < layer->l1_size; i++) {
+			u64 first = i << span_shift;
+
+			if (first >= size || first >> span_shift != i)
+				break;
+			if (layer->l1[i])
+				qcow2_owner_set(owner, first >> shift,
+						(min(size - first, 1ULL << span_shift) - 1 +
+						 first) >> shift, k);
+		}
+	}
+	qt->owner = owner;
+	qt->owner_regions = nr;
+	qt->owner_shift = shift;
+}
+
+/*
  * Resolve the first run of guest range [@guest, @guest + @len) through the
  * chain, starting at layer @first.
  */
@@ -188,7 +265,20 @@ int qcow2_resolve(struct qcow2_target *qt, unsigned int first, u64 guest,
 	int r;
 
 	for (k = first; k < qt->nr_layers; k++) {
-		struct qcow2_layer *layer = &qt->layers[k];
+		struct qcow2_layer *layer;
+
+		/* Skip backing layers that hold nothing for this region. */
+		if (k && (guest >> qt->owner_shift) < qt->owner_regions) {
+			u64 region = guest >> qt->owner_shift;
+
+			if (qt->owner[region] > k) {
+				len = min(len, ((region + 1) << qt->owner_shift) - guest);
+				k = qt->owner[region];
+				if (k >= qt->nr_layers)
+					break;
+			}
+		}
+		layer = &qt->layers[k];
 
 		/* Beyond a layer's size, it and everything below read as zeros. */
 		if (guest >= layer->size)

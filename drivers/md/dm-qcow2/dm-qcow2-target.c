@@ -493,6 +493,7 @@ static void qcow2_dtr(struct dm_target *ti)
 	}
 	kvfree(qt->layers);
 	kfree(qt->snapshot_id);
+	qcow2_owner_map_free(qt);
 	kfree(qt);
 }
 
@@ -600,6 +601,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		if (r)
 			goto bad;
 	}
+	qcow2_owner_map_build(qt);
 	if (dm_table_get_mode(ti->table) & QCOW2_MODE_WRITE) {
 		r = qcow2_open_writable(qt);
 		if (r)
@@ -737,6 +739,7 @@ static int qcow2_reload(struct qcow2_target *qt)
 
 	qcow2_cache_invalidate_all(qt->cache);
 	qcow2_dpool_forget(qt->dpool);
+	qcow2_owner_map_free(qt);
 	for (k = 0; k < qt->nr_layers; k++) {
 		struct qcow2_layer *layer = &qt->layers[k];
 
@@ -751,6 +754,7 @@ static int qcow2_reload(struct qcow2_target *qt)
 		ti->error = "The image is now smaller than the target";
 		return -EINVAL;
 	}
+	qcow2_owner_map_build(qt);
 	if (qt->reftable) {
 		kvfree(qt->reftable);
 		bitmap_free(qt->reftable_dirty);

@@ -73,6 +73,10 @@ struct qcow2_target {
 
 	unsigned int nr_layers;
 	struct qcow2_layer *layers;
+	/* first backing layer with something in each region (see map.c) */
+	u16 *owner;
+	u64 owner_regions;
+	unsigned int owner_shift;
 
 	/* table arguments, kept for STATUSTYPE_TABLE */
 	char *snapshot_id;
@@ -187,6 +191,8 @@ struct qcow2_run {
 	const char *err;		/* ERROR: why */
 };
 
+void qcow2_owner_map_build(struct qcow2_target *qt);
+void qcow2_owner_map_free(struct qcow2_target *qt);
 int qcow2_resolve(struct qcow2_target *qt, unsigned int first, u64 guest,
 		  u64 len, bool nowait, struct qcow2_run *run);
 int qcow2_map(struct dm_target *ti, struct bio *bio);
