@@ -343,24 +343,18 @@ t_boot_missing()
 
 # ---------------------------------------------------------------------------
 
+# The boots need the images and the initramfs.
+subtest_gate()
+{
+	case $1 in
+	t_images | t_mkinitramfs) return "$2" ;;
+	esac
+	return 0
+}
+
 TESTS="t_images t_mkinitramfs t_boot_file t_boot_blockdev_ro t_boot_missing"
 ktap_header
 ktap_plan "$(wc -w <<<"$TESTS")"
-prev=0
-for t in $TESTS; do
-	desc="boot_root: ${t#t_}"
-	if [ $prev != 0 ]; then
-		ktap_skip "$desc" "an earlier step failed"
-		continue
-	fi
-	t1=$SECONDS
-	"$t"
-	r=$?
-	_diag "${t#t_}: $((SECONDS - t1)) s"
-	ktap_result $r "$desc"
-	# the boots need the images and the initramfs
-	case $t in
-	t_images | t_mkinitramfs) prev=$r ;;
-	esac
-done
+# shellcheck disable=SC2086
+ktap_run_subtests boot_root $TESTS
 ktap_finish

@@ -409,6 +409,41 @@ ktap_result()
 	fi
 }
 
+# ktap_run_subtests NAME T...: run the subtest functions T in order, one
+# KTAP result each ("NAME: T" without its t_ prefix), with its time as a
+# diagnostic.  Optional hooks, defined by the test:
+#   subtest_skip T      prints a reason and succeeds when T must be skipped
+#   subtest_done T RC   runs after T (e.g. cleanup after a failure)
+#   subtest_gate T RC   fails when the subtests after T cannot run
+ktap_run_subtests()
+{
+	local name=$1 t desc why r t1 blocked=""
+
+	shift
+	for t in "$@"; do
+		desc="$name: ${t#t_}"
+		if [ -n "$blocked" ]; then
+			ktap_skip "$desc" "$blocked"
+			continue
+		fi
+		if declare -F subtest_skip >/dev/null && why=$(subtest_skip "$t"); then
+			ktap_skip "$desc" "$why"
+			continue
+		fi
+		t1=$SECONDS
+		"$t"
+		r=$?
+		if declare -F subtest_done >/dev/null; then
+			subtest_done "$t" "$r"
+		fi
+		_diag "${t#t_}: $((SECONDS - t1)) s"
+		ktap_result "$r" "$desc"
+		if declare -F subtest_gate >/dev/null && ! subtest_gate "$t" "$r"; then
+			blocked="an earlier step failed"
+		fi
+	done
+}
+
 ktap_finish()
 {
 	local rc

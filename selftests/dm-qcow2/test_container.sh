@@ -249,21 +249,15 @@ t_killed_container()
 	return $rc
 }
 
+# Each step needs the one before.
+subtest_gate()
+{
+	return "$2"
+}
+
 TESTS="t_setup t_clean_container t_killed_container"
 ktap_header
 ktap_plan "$(wc -w <<<"$TESTS")"
-prev=0
-for t in $TESTS; do
-	desc="container: ${t#t_}"
-	if [ $prev != 0 ]; then
-		ktap_skip "$desc" "an earlier step failed"
-		continue
-	fi
-	t1=$SECONDS
-	"$t"
-	r=$?
-	_diag "${t#t_}: $((SECONDS - t1)) s"
-	ktap_result $r "$desc"
-	prev=$r
-done
+# shellcheck disable=SC2086
+ktap_run_subtests container $TESTS
 ktap_finish

@@ -738,7 +738,8 @@ t_no_udev_wait_dry_run()
 
 t_direct_io()
 {
-	local rc=0 n=${P}d disk=$1
+	local rc=0 n=${P}d disk
+	disk=$(_disk 1) || return 1
 	mkdir -p "$WORK/mnt"
 	if ! mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$disk" >/dev/null 2>&1 ||
 	   ! mount "$disk" "$WORK/mnt"; then
@@ -772,29 +773,28 @@ GEN=$?
 _diag "test images: $(($(date +%s) - T0)) s"
 ktap_result $GEN "qcow2setup: test images"
 
-for t in $TESTS; do
-	desc="qcow2setup: ${t#t_}"
-	if [ $GEN != 0 ]; then
-		ktap_skip "$desc" "no test images"
-		continue
+subtest_skip()
+{
+	if [ "$GEN" != 0 ]; then
+		echo "no test images"
+	elif [ "$1" = t_direct_io ] &&
+	     { ! _disk 1 >/dev/null 2>&1 || ! command -v mkfs.ext4 >/dev/null; }; then
+		echo "no spare disk (QCOW2_DISKS) for ext4"
+	else
+		return 1
 	fi
-	arg=""
-	if [ "$t" = t_direct_io ]; then
-		if ! arg=$(_disk 1 2>/dev/null) || ! command -v mkfs.ext4 >/dev/null; then
-			ktap_skip "$desc" "no spare disk (QCOW2_DISKS) for ext4"
-			continue
-		fi
-	fi
-	t1=$(date +%s)
-	"$t" $arg
-	r=$?
-	if [ $r != 0 ]; then
-		# do not let a failure cascade into the next subtests
+}
+
+# Do not let a failure cascade into the next subtests.
+subtest_done()
+{
+	if [ "$2" != 0 ]; then
 		_q2s_cleanup
 		BG_PIDS=() MANUAL_LOOPS=() MNT="" KEEP_LOOPS=""
 	fi
-	_diag "${t#t_}: $(($(date +%s) - t1)) s"
-	ktap_result $r "$desc"
-done
+}
+
+# shellcheck disable=SC2086
+ktap_run_subtests qcow2setup $TESTS
 _diag "total $(($(date +%s) - T0)) s"
 ktap_finish

@@ -170,23 +170,24 @@ t_rewrite_fio()
 	return $rc
 }
 
+subtest_skip()
+{
+	if [ "$1" = t_rewrite_fio ] && ! command -v fio >/dev/null; then
+		echo "no fio"
+		return 0
+	fi
+	return 1
+}
+
+subtest_done()
+{
+	[ "$2" = 0 ] || _close_all
+	rm -f "$WORK/pat.raw"
+}
+
 TESTS="t_fill_64k t_fill_4k t_fill_512 t_rewrite_fio"
 ktap_header
 ktap_plan "$(wc -w <<<"$TESTS")"
-for t in $TESTS; do
-	desc="qcow2setup_fill: ${t#t_}"
-	if [ "$t" = t_rewrite_fio ] && ! command -v fio >/dev/null; then
-		ktap_skip "$desc" "no fio"
-		continue
-	fi
-	t1=$SECONDS
-	"$t"
-	r=$?
-	if [ $r != 0 ]; then
-		_close_all
-	fi
-	rm -f "$WORK/pat.raw"
-	_diag "${t#t_}: $((SECONDS - t1)) s"
-	ktap_result $r "$desc"
-done
+# shellcheck disable=SC2086
+ktap_run_subtests qcow2setup_fill $TESTS
 ktap_finish
