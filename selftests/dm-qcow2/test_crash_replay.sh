@@ -22,7 +22,9 @@
 #         clusters are counted and reported, not failed (a cluster freed in
 #         the last commit may leak, as with QEMU).  With lazy_refcounts and
 #         the dirty bit set, refcount errors are allowed if `qemu-img check
-#         -r all` on a copy repairs them;
+#         -r all` on a copy repairs them, and in the lazy_refcounts workload
+#         at least one checked point must need that repair (refcount blocks
+#         are not written at a flush);
 #       * QEMU's view (qemu-img convert) holds every write acknowledged
 #         before the last durable flush that completed before the point
 #         (the last mark), and, where writes were in flight after it, one
@@ -244,6 +246,12 @@ _run_wl()
 	[ "$nchk" -gt 0 ] || { _qdiag "no crash point was checked"; rc=1; }
 	if [ "$topt" = lazy_refcounts ] && [ "$ndirty" -eq 0 ]; then
 		_qdiag "lazy_refcounts: no checked crash point had the dirty bit set"
+		rc=1
+	fi
+	# Lazy means refcount blocks stay in memory at a flush: some crash point
+	# must show refcounts behind the L2 tables (repaired by check -r).
+	if [ "$topt" = lazy_refcounts ] && [ "$nrep" -eq 0 ]; then
+		_qdiag "lazy_refcounts: no checked crash point needed qemu-img check -r: refcount blocks written at every flush?"
 		rc=1
 	fi
 	_qdiag "workload '$name': seed $seed, $ops ops, $entries log entries, crash points checked: $nchk of ${np:-?} FLUSH/FUA points ($nfail failed, $nleak with leaked clusters, $ndirty with the dirty bit, $nrep needed check -r (lazy), $ninf with writes in flight); $(_elapsed "$t0") s (workload $tw s, replay+checks $tr s)"
