@@ -7,32 +7,39 @@
 # Builds dm-qcow2-dkms and qcow2setup (tools/packaging/build-debs.sh), then
 # installs them the way a user does (dpkg -i, then apt-get -f install pulls
 # the dependencies from the Debian archive) into a fresh Debian 12 chroot
-# that has only the minimal base system and the headers of one kernel
-# ($INSTALL_KVER, default 6.1.0-56-amd64), and checks:
+# that has only the minimal base system and the headers of the kernels in
+# $INSTALL_KVERS (default "6.1.0-56-amd64 6.12.117+deb12-amd64"; the
+# older $INSTALL_KVER, if set, is the default instead), and checks:
 #   - both packages end up installed, with dkms and libdevmapper pulled in;
 #   - qcow2setup --help runs in the chroot, and the files the package ships
 #     (man page, udev rules, systemd generator, bash completion) are there;
-#   - the dkms package built and installed the module for the headers'
-#     kernel: dkms status says "installed", the .ko has that kernel's
+#   - for each of these kernels, the dkms package built and installed the
+#     module: dkms status says "installed", the .ko has that kernel's
 #     vermagic and modinfo finds it through modules.dep;
 #   - apt-get purge removes the module and dkms forgets it.
+# The first kernel's headers must install; those of the others are left
+# out of the base (and their three checks skipped) when the archive does
+# not have them.  Each further kernel adds its DKMS build to the run (about
+# 75 s of CPU time for 6.12, whose headers also pull in its linux-image in
+# bookworm); INSTALL_KVERS=6.1.0-56-amd64 checks only the first, as before.
 #
 # Needs root, debootstrap and network access to the Debian archive
 # ($INSTALL_MIRROR, default http://deb.debian.org/debian, and
 # $INSTALL_SECURITY_MIRROR for bookworm-security).  The base chroot
 # (debootstrap --variant=minbase bookworm plus the kernel headers) is made
 # once and cached as a tarball in $INSTALL_CACHE (default
-# ${XDG_CACHE_HOME:-$HOME/.cache}/dm-qcow2); --rebuild-base makes it again.
+# ${XDG_CACHE_HOME:-$HOME/.cache}/dm-qcow2; tools/testing/debian-base.sh);
+# --rebuild-base makes it again.
 # The chroot itself is unpacked in a temporary directory and removed.
 # shellcheck disable=SC2317,SC2016 # functions run through check; dpkg-query format
 set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
-kver=${INSTALL_KVER:-6.1.0-56-amd64}
-mirror=${INSTALL_MIRROR:-http://deb.debian.org/debian}
-security=${INSTALL_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-cache=${INSTALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dm-qcow2}
-base=$cache/debian12-minbase-headers-$kver.tar
+# shellcheck source=tools/testing/debian-base.sh
+. "$top/tools/testing/debian-base.sh"
+read -r -a kvers <<<"${INSTALL_KVERS:-${INSTALL_KVER:-6.1.0-56-amd64 6.12.117+deb12-amd64}}"
+kver=${kvers[0]}
+base=$deb_cache/debian12-minbase-headers-$(IFS=-; echo "${kvers[*]}").tar
 rebuild=0
 [ "${1:-}" = --rebuild-base ] && rebuild=1
 
@@ -79,7 +86,11 @@ check()
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 	DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
 
-tests="build unpack dpkg apt status help files dkms vermagic modinfo purge"
+tests="build unpack dpkg apt status help files"
+for k in "${kvers[@]}"; do
+	tests="$tests dkms($k) vermagic($k) modinfo($k)"
+done
+tests="$tests purge"
 skip_all()
 {
 	local t
@@ -100,30 +111,16 @@ debs=("$tmp/deb/dm-qcow2-dkms_${ver}_all.deb" "$tmp/deb/qcow2setup_${ver}_${arch
 # 2: the base chroot (cached)
 mkbase()
 {
-	local b=$tmp/base
-	mkdir -p "$cache" "$b" || return 1
-	debootstrap --variant=minbase bookworm "$b" "$mirror" ||
-		{ tail -n 20 "$b/debootstrap/debootstrap.log" 2>/dev/null; return 1; }
-	# the kernel's headers may be in the security or updates suite only
-	rm -f "$b/etc/apt/sources.list"
-	printf 'Types: deb\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: %s\nSuites: bookworm-security\nComponents: main\n' \
-		"$mirror" "$security" >"$b/etc/apt/sources.list.d/debian.sources"
-	cp /etc/resolv.conf "$b/etc/resolv.conf" 2>/dev/null
-	mount -t proc proc "$b/proc" || return 1
-	chroot "$b" /usr/bin/env DEBIAN_FRONTEND=noninteractive LC_ALL=C sh -c \
-		"apt-get -q update && apt-get -q -y --no-install-recommends install linux-headers-$kver && apt-get clean"
-	local rc=$?
-	umount "$b/proc"
-	[ "$rc" = 0 ] || return 1
-	tar -C "$b" -cf "$base.tmp" . && mv "$base.tmp" "$base"
-	rm -rf --one-file-system "$b"
+	local k pk=("linux-headers-$kver")
+	for k in "${kvers[@]:1}"; do
+		pk+=("?linux-headers-$k")
+	done
+	debian_base "$base" "$tmp/base" "${pk[@]}"
 }
 unpack()
 {
-	if [ "$rebuild" = 1 ] || [ ! -s "$base" ]; then
-		echo "# making the base chroot $base (debootstrap, once)"
-		mkbase || return 1
-	fi
+	[ "$rebuild" = 1 ] && rm -f "$base"
+	mkbase || return 1
 	mkdir -p "$root" && tar -C "$root" -xf "$base" || return 1
 	mount -t proc proc "$root/proc" && mounts+=("$root/proc") || return 1
 	mount --bind /dev "$root/dev" && mounts+=("$root/dev") || return 1
@@ -136,6 +133,9 @@ unpack()
 	! ls "$root"/lib/modules/*/updates/dkms/dm-qcow2.ko* >/dev/null 2>&1
 }
 check "fresh Debian 12 chroot with linux-headers-$kver" unpack
+for k in "${kvers[@]:1}"; do
+	[ -e "$root/lib/modules/$k/build/Makefile" ] || echo "# no headers for $k in the base: its checks are skipped"
+done
 if [ $fail != 0 ]; then
 	for t in $tests; do
 		case $t in build|unpack) ;; *) skp "$t" "no packages or no chroot" ;; esac
@@ -197,21 +197,23 @@ files()
 }
 check "man page, udev rules, generator and completion installed" files
 
-# 8-10: the module
-ko=""
+# 8-10: the module, for each kernel
 dkmsstate()
 {
-	local s
+	local s k=$1 re
 	s=$(in_root dkms status 2>&1)
 	echo "$s"
-	grep -Eq "^dm-qcow2[/,] ?$ver, $kver, [^:]*: installed" <<<"$s"
+	# the kernel version as a literal in the regular expression
+	re=${k//./\\.}
+	re=${re//+/\\+}
+	grep -Eq "^dm-qcow2[/,] ?$ver, $re, [^:]*: installed" <<<"$s"
 }
-check "dkms status: dm-qcow2/$ver installed for $kver" dkmsstate
-ko=$(cd "$root" && find "lib/modules/$kver/updates/dkms" -name "dm-qcow2.ko*" 2>/dev/null | head -n 1)
 vermagic()
 {
-	local f=$root/$ko tmpko=$tmp/m.ko vm
-	[ -n "$ko" ] || { echo "no /lib/modules/$kver/updates/dkms/dm-qcow2.ko*"; return 1; }
+	local k=$1 ko f tmpko=$tmp/m.ko vm
+	ko=$(cd "$root" && find "lib/modules/$k/updates/dkms" -name "dm-qcow2.ko*" 2>/dev/null | head -n 1)
+	[ -n "$ko" ] || { echo "no /lib/modules/$k/updates/dkms/dm-qcow2.ko*"; return 1; }
+	f=$root/$ko
 	case "$f" in
 	*.xz) xz -dc "$f" >"$tmpko" ;;
 	*.zst) zstd -qdc "$f" >"$tmpko" ;;
@@ -219,17 +221,26 @@ vermagic()
 	esac || return 1
 	vm=$(modinfo -F vermagic "$tmpko")
 	echo "/$ko: vermagic $vm"
-	[ "${vm%% *}" = "$kver" ]
+	[ "${vm%% *}" = "$k" ]
 }
-check "module built for $kver (vermagic)" vermagic
-check "modinfo -k $kver dm-qcow2 finds it (depmod)" \
-	in_root modinfo -k "$kver" -n dm-qcow2
+for k in "${kvers[@]}"; do
+	if [ ! -e "$root/lib/modules/$k/build/Makefile" ]; then
+		for t in dkms vermagic modinfo; do
+			skp "$t ($k)" "linux-headers-$k not in the Debian archive"
+		done
+		continue
+	fi
+	check "dkms status: dm-qcow2/$ver installed for $k" dkmsstate "$k"
+	check "module built for $k (vermagic)" vermagic "$k"
+	check "modinfo -k $k dm-qcow2 finds it (depmod)" \
+		in_root modinfo -k "$k" -n dm-qcow2
+done
 
 # 11: purge
 purge()
 {
 	in_root apt-get -q -y purge dm-qcow2-dkms qcow2setup || return 1
-	if ls "$root"/lib/modules/"$kver"/updates/dkms/dm-qcow2.ko* 2>/dev/null; then
+	if ls "$root"/lib/modules/*/updates/dkms/dm-qcow2.ko* 2>/dev/null; then
 		echo "module left behind"
 		return 1
 	fi

@@ -48,6 +48,7 @@ fi
 # Also the replay tool of the crash tests (test_crash_replay.sh), with its tests.
 run_part "log-writes replay tool" make -s -C tools/testing/log-writes test
 run_part "boot from a qcow2 root image (initramfs hook)" tools/testing/check-boot.sh "${@: -1}"
+run_part "boot Debian 12 with systemd: /etc/qcow2tab images opened and closed" tools/testing/check-systemd-boot.sh "${@: -1}"
 run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 
 echo "# make check took $(($(date +%s) - start)) s on kernels: $*"
