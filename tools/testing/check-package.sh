@@ -94,6 +94,9 @@ dpkg-deb -e "$tooldeb" "$tmp/ctl/tool"
 check "/etc/qcow2tab is a conffile" grep -qx /etc/qcow2tab "$tmp/ctl/tool/conffiles"
 dpkg-deb -x "$tooldeb" "$tmp/root"
 check "the packaged qcow2setup runs" "$tmp/root/usr/sbin/qcow2setup" --help
+check "qcow2setup --version and its man page say $ver" bash -c "
+	[ \"\$('$tmp/root/usr/sbin/qcow2setup' --version)\" = 'qcow2setup $ver' ] &&
+	grep -q '^\.TH QCOW2SETUP 8 .*\"qcow2setup $ver\"' '$top/tools/qcow2setup/qcow2setup.8'"
 
 if has lintian; then
 	lintian --tag-display-limit 0 "$dkmsdeb" "$tooldeb" >"$tmp/lintian" 2>&1
