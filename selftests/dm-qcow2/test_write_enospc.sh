@@ -19,7 +19,8 @@
 #     removal `qemu-img check` exits 0 and `qemu-img convert` equals it.
 # A second image runs out of space on a loop device of only 320 KiB (no
 # room for the first L2 table) and is removed while full: qemu-img check
-# must still exit 0.
+# must still exit 0.  A third (512-byte clusters, refcount_bits=64) runs out
+# of space exactly where its refcount table must grow.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -35,7 +36,7 @@ REF=$WORK/ref.raw
 DM=${QCOW2_DM_PREFIX}nospc
 
 ktap_header
-ktap_plan 10
+ktap_plan 11
 
 # _dd_direct IN OFF_BYTES LEN_BYTES [DEV]   O_DIRECT 64 KiB writes of the
 # first LEN bytes of IN at OFF; stderr in $WORK/dd.err; prints the number of
@@ -186,5 +187,43 @@ else
 	rc=1
 fi
 _result "out of space for an L2 table, removed while full: qemu-img check 0" $rc
+
+# --- 11: no room to grow the refcount table -----------------------------------
+# 512-byte clusters with 64-bit refcounts: one refcount block covers 64
+# clusters and the one-cluster refcount table 2 MiB of the device.  The
+# device ends 1 KiB past that: the next allocation must grow the table, which
+# needs at least three clusters there.  The write fails with ENOSPC and
+# no_space, nothing written before is lost, and the image stays consistent.
+rc=0
+IMG3=$WORK/rtgrow.qcow2
+_mkimg "$IMG3" $((8 * M)) cluster_size=512,refcount_bits=64 || rc=1
+truncate -s $((2 * M + 1024)) "$IMG3"
+_qmark
+if [ $rc -eq 0 ] && _wmap "${DM}3" "$IMG3"; then
+	n=$(_dd_direct "$WORK/data" 0 $((4 * M)))
+	grep -q "No space left on device" "$WORK/dd.err" ||
+		{ _qdiag "dd did not report ENOSPC: $(cat "$WORK/dd.err")"; rc=1; }
+	if [ -z "$n" ] || [ "$n" -le 0 ] || [ "$n" -ge $((2 * M)) ]; then
+		_qdiag "dd copied ${n:-?} bytes before ENOSPC (expected some, less than 2 MiB)"
+		rc=1
+	else
+		cmp -n "$n" "$MAP_DEV" "$WORK/data" ||
+			{ _qdiag "data written before ENOSPC differs"; rc=1; }
+	fi
+	_wstatus_has "${DM}3" no_space || { _qdiag "no no_space: $WS_LINE"; rc=1; }
+	[ "$WS_MODE" = rw ] || { _qdiag "mode $WS_MODE, expected rw ($WS_LINE)"; rc=1; }
+	_wbg_wait 120 sync "$MAP_DEV" || { _qdiag "flush failed or hangs"; rc=1; }
+	_wunmap "${DM}3"
+	_wcheck "$IMG3" || rc=1
+	if [ $rc -eq 0 ] && [ -n "$n" ]; then
+		_wconvert "$IMG3" "$WORK/out.raw" && cmp -n "$n" "$WORK/out.raw" "$WORK/data" ||
+			{ _qdiag "QEMU does not read what was written before ENOSPC"; rc=1; }
+		rm -f "$WORK/out.raw"
+	fi
+	_check_dmesg_clean || rc=1
+else
+	rc=1
+fi
+_result "out of space while growing the refcount table: ENOSPC, consistent" $rc
 
 ktap_finish

@@ -381,6 +381,8 @@ static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
 			return r;
 		if (r == 1) {
 			r = qcow2_new_refblock(qt, c >> qt->rb_bits);
+			if (r == -ENOSPC)
+				break;	/* no room for the block or a bigger table */
 			if (r)
 				return r;
 			continue;	/* the block took a cluster: look again */
