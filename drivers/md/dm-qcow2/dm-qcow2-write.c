@@ -850,25 +850,38 @@ static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_en
 /*
  * Write @bio at byte @host + @off of the top device and zeros around it in
  * [@host + @start, @host + @end): write-zeroes where the device does it
- * cheaply, no bounce buffer and no copy of the data.
+ * cheaply, zero pages otherwise; no bounce buffer, no copy of the data.  All
+ * of it is submitted at once and waited for once.  -EOPNOTSUPP: the device
+ * refused to zero, fill through a buffer instead.
  */
 static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64 host,
 				   u32 start, u32 end, u32 off, u32 len)
 {
 	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
-	int r = 0;
+	struct bio *zeros = NULL, *clone;
+	int r = 0, w;
 
+	clone = bio_alloc_clone(bdev, bio, GFP_NOIO, &qt->write_bs);
+	if (!clone)
+		return -ENOMEM;
+	clone->bi_iter.bi_sector = (host + off) >> SECTOR_SHIFT;
+	clone->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
 	if (start < off)
-		r = blkdev_issue_zeroout(bdev, (host + start) >> SECTOR_SHIFT,
-					 (off - start) >> SECTOR_SHIFT, GFP_NOIO,
-					 BLKDEV_ZERO_NOUNMAP);
+		r = __blkdev_issue_zeroout(bdev, (host + start) >> SECTOR_SHIFT,
+					   (off - start) >> SECTOR_SHIFT, GFP_NOIO,
+					   &zeros, BLKDEV_ZERO_NOUNMAP);
 	if (!r && end > off + len)
-		r = blkdev_issue_zeroout(bdev, (host + off + len) >> SECTOR_SHIFT,
-					 (end - off - len) >> SECTOR_SHIFT, GFP_NOIO,
-					 BLKDEV_ZERO_NOUNMAP);
-	if (!r)
-		r = qcow2_write_bio_at(qt, bio, host + off);
-	return r;
+		r = __blkdev_issue_zeroout(bdev, (host + off + len) >> SECTOR_SHIFT,
+					   (end - off - len) >> SECTOR_SHIFT, GFP_NOIO,
+					   &zeros, BLKDEV_ZERO_NOUNMAP);
+	/* The data write completes last: it waits for the zeroing bios. */
+	if (zeros) {
+		bio_chain(zeros, clone);
+		submit_bio(zeros);
+	}
+	w = submit_bio_wait(clone);
+	bio_put(clone);
+	return r ?: w;
 }
 
 /*
@@ -1009,11 +1022,12 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			off + len : (sc_last + 1) << scb;
 	}
 
-	if (start == off && end == off + len && bio) {
+	r = -EOPNOTSUPP;
+	if (start == off && end == off + len && bio)
 		r = qcow2_write_bio_at(qt, bio, host + off);
-	} else if (bio && qcow2_fill_is_zero(qt, &old, start, end, off, len)) {
+	else if (bio && qcow2_fill_is_zero(qt, &old, start, end, off, len))
 		r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
-	} else {
+	if (r == -EOPNOTSUPP) {
 		buf = kvmalloc(end - start, GFP_NOIO);
 		r = buf ? 0 : -ENOMEM;
 		/* Fill around the data, subcluster by subcluster. */
