@@ -50,58 +50,16 @@ set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top" || exit 1
-kver=${1:-}
-if [ -z "$kver" ]; then
-	for k in $(tools/testing/kvers.sh); do
-		case "$k" in 6.12.*) kver=$k ;; esac
-	done
-fi
+# shellcheck source=tools/testing/boot-common.sh
+. tools/testing/boot-common.sh
+kver=$(boot_kver "${1:-}")
 timeout_s=${BOOT_TIMEOUT:-300}
 cases=${BOOT_CASES-file disk}
-
-# Same list as tools/testing/vm/run-vm.sh.
-report_re='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|kmemleak|blocked for more than|Kernel panic|general protection fault|Call Trace:'
-
-n=0 pass=0 fail=0 skip=0
-t0=$SECONDS
-ok() { n=$((n + 1)); pass=$((pass + 1)); echo "ok $n - $1"; }
-nok() { n=$((n + 1)); fail=$((fail + 1)); echo "not ok $n - $1"; }
-skp() { n=$((n + 1)); skip=$((skip + 1)); echo "ok $n - $1 # SKIP $2"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else nok "$what"; fi; }
-tmp=""
-finish()
-{
-	echo "1..$n"
-	echo "# $((SECONDS - t0)) s"
-	if [ -n "$tmp" ]; then
-		if [ "${BOOT_KEEP:-0}" = 1 ] || [ "$fail" != 0 ]; then
-			echo "# work files kept in $tmp"
-		else
-			rm -rf "$tmp"
-		fi
-	fi
-	echo "$pass passed, $fail failed, $skip skipped"
-	[ "$fail" = 0 ]
-	exit
-}
-# Indent a file's last lines as TAP diagnostics.
-diag() { tail -n "${2:-20}" "$1" 2>/dev/null | sed 's/^/#   /'; }
+finish() { boot_finish; }
 
 echo "# check-boot: kernel ${kver:-none}, cases: $cases"
-missing=""
-for c in mkinitramfs busybox mkfs.ext4 debugfs e2fsck qemu-img qemu-system-x86_64 modinfo; do
-	command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
-done
-if [ -z "$kver" ] || [ ! -e "/boot/vmlinuz-$kver" ]; then
-	skp "boot from a qcow2 root image" "no kernel image /boot/vmlinuz-${kver:-(6.12)}"
-	finish
-elif [ -n "$missing" ]; then
-	skp "boot from a qcow2 root image" "missing:$missing (tools/setup-deps.sh)"
-	finish
-elif [ "$(id -u)" != 0 ]; then
-	skp "boot from a qcow2 root image" "needs root (mkinitramfs)"
-	finish
-fi
+boot_require "boot from a qcow2 root image" mkinitramfs \
+	mkinitramfs busybox mkfs.ext4 debugfs e2fsck qemu-img qemu-system-x86_64 modinfo
 if ldd "$(command -v busybox)" >/dev/null 2>&1; then
 	skp "boot from a qcow2 root image" "busybox is not static (busybox-static)"
 	finish
@@ -110,14 +68,8 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/check-boot.XXXXXX") || { echo "Bail out! mktemp"; exit 1; }
 
 # 1. Module and tool.
-ko=$top/build/$kver/dm-qcow2.ko
 tool=$top/tools/qcow2setup/qcow2setup
-if ! make -s KVER="$kver" modules >"$tmp/build.log" 2>&1 || [ ! -f "$ko" ]; then
-	nok "module builds for $kver"
-	diag "$tmp/build.log"
-	finish
-fi
-ok "module builds for $kver"
+boot_build_module
 if ! make -s -C tools/qcow2setup >"$tmp/build-tool.log" 2>&1 || [ ! -x "$tool" ]; then
 	nok "qcow2setup builds"
 	diag "$tmp/build-tool.log"

@@ -60,77 +60,28 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top" || exit 1
 # shellcheck source=tools/testing/debian-base.sh
 . tools/testing/debian-base.sh
-kver=${1:-}
-if [ -z "$kver" ]; then
-	for k in $(tools/testing/kvers.sh); do
-		case "$k" in 6.12.*) kver=$k ;; esac
-	done
-fi
+# shellcheck source=tools/testing/boot-common.sh
+. tools/testing/boot-common.sh
+kver=$(boot_kver "${1:-}")
 timeout_s=${BOOT_TIMEOUT:-600}
 base_pkgs=(systemd-sysv udev kmod dmsetup e2fsprogs)
 base=$deb_cache/debian12-systemd-$(echo "${base_pkgs[*]}" | sha256sum | cut -c1-12).tar
 
-# Same list as tools/testing/vm/run-vm.sh.
-report_re='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|kmemleak|blocked for more than|Kernel panic|general protection fault|Call Trace:'
-
-n=0 pass=0 fail=0 skip=0
-t0=$SECONDS
-ok() { n=$((n + 1)); pass=$((pass + 1)); echo "ok $n - $1"; }
-nok() { n=$((n + 1)); fail=$((fail + 1)); echo "not ok $n - $1"; }
-skp() { n=$((n + 1)); skip=$((skip + 1)); echo "ok $n - $1 # SKIP $2"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else nok "$what"; fi; }
-tmp=""
 # the unpacked trees, which are big (the images stay on failure)
-cleanup() { if [ -n "$tmp" ]; then rm -rf --one-file-system "$tmp/root" "$tmp/base"; fi; }
-trap cleanup EXIT
+boot_cleanup() { if [ -n "$tmp" ]; then rm -rf --one-file-system "$tmp/root" "$tmp/base"; fi; }
+trap boot_cleanup EXIT
 trap 'exit 130' INT TERM
-finish()
-{
-	cleanup
-	echo "1..$n"
-	echo "# $((SECONDS - t0)) s"
-	if [ -n "$tmp" ]; then
-		if [ "${BOOT_KEEP:-0}" = 1 ] || [ "$fail" != 0 ]; then
-			echo "# work files kept in $tmp"
-		else
-			rm -rf "$tmp"
-		fi
-	fi
-	echo "$pass passed, $fail failed, $skip skipped"
-	[ "$fail" = 0 ]
-	exit
-}
-# Indent a file's last lines as TAP diagnostics.
-diag() { tail -n "${2:-20}" "$1" 2>/dev/null | sed 's/^/#   /'; }
+finish() { boot_finish; }
 
 echo "# check-systemd-boot: kernel ${kver:-none}"
-missing=""
-for c in debootstrap dpkg-deb mkinitramfs mkfs.ext4 debugfs e2fsck depmod modprobe \
-	 qemu-img qemu-system-x86_64; do
-	command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
-done
 what="boot Debian 12 with systemd and /etc/qcow2tab"
-if [ -z "$kver" ] || [ ! -e "/boot/vmlinuz-$kver" ]; then
-	skp "$what" "no kernel image /boot/vmlinuz-${kver:-(6.12)}"
-	finish
-elif [ -n "$missing" ]; then
-	skp "$what" "missing:$missing (tools/setup-deps.sh)"
-	finish
-elif [ "$(id -u)" != 0 ]; then
-	skp "$what" "needs root (chroot, mkinitramfs)"
-	finish
-fi
+boot_require "$what" "chroot, mkinitramfs" debootstrap dpkg-deb mkinitramfs mkfs.ext4 \
+	debugfs e2fsck depmod modprobe qemu-img qemu-system-x86_64
 
 tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/check-systemd-boot.XXXXXX") || { echo "Bail out! mktemp"; exit 1; }
 
 # 1. Module and packages.
-ko=$top/build/$kver/dm-qcow2.ko
-if ! make -s KVER="$kver" modules >"$tmp/build.log" 2>&1 || [ ! -f "$ko" ]; then
-	nok "module builds for $kver"
-	diag "$tmp/build.log"
-	finish
-fi
-ok "module builds for $kver"
+boot_build_module
 ver=$(tools/packaging/version.sh)
 deb=$tmp/deb/qcow2setup_${ver}_$(dpkg --print-architecture).deb
 if ! tools/packaging/build-debs.sh "$tmp/deb" >"$tmp/debs.log" 2>&1 || [ ! -f "$deb" ]; then
