@@ -36,7 +36,7 @@ SUITE=dm-qcow2
 KSFT_SKIP=4
 
 # Keep in sync with test_common.sh and tools/testing/vm/run-vm.sh.
-KERNEL_REPORT_RE='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|kmemleak|blocked for more than|Kernel panic|general protection fault|Call Trace:'
+KERNEL_REPORT_RE='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|unreferenced object|blocked for more than|Kernel panic|general protection fault|Call Trace:'
 
 timeout_override=""
 

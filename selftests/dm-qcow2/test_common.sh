@@ -42,7 +42,7 @@ DM_QCOW2_TARGET=qcow2
 
 # Kernel log lines that fail a test.  Keep in sync with
 # tools/testing/vm/run-vm.sh (KERNEL_REPORT_RE).
-_KERNEL_REPORT_RE='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|kmemleak|blocked for more than|Kernel panic|general protection fault|Call Trace:'
+_KERNEL_REPORT_RE='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|unreferenced object|blocked for more than|Kernel panic|general protection fault|Call Trace:'
 
 _TEST_NAME=${0##*/}
 _TEST_DIR=$(cd "$(dirname "$0")" && pwd)

@@ -89,7 +89,14 @@ $bb mount -t overlay -o lowerdir=$R/var/lib,upperdir=$v/upper,workdir=$v/work \
 	$bb mount -t tmpfs -o mode=0755 tmpfs $R/var/lib || fail "tmpfs on /var/lib"
 
 kver=$($bb uname -r)
-if [ -d $R/run/run-vm/modtree ]; then
+if [ -d $R/run/run-vm/modtree ] && [ ! -d "$R/lib/modules/$kver" ]; then
+	# A kernel with no module tree on the host (run-vm.sh --kernel): the
+	# tree is just the module under test, on a tmpfs over /lib/modules.
+	$bb mount -t tmpfs -o mode=0755 tmpfs $R/lib/modules || fail "tmpfs on /lib/modules"
+	$bb mkdir -p "$R/lib/modules/$kver"
+	$bb mount --bind $R/run/run-vm/modtree "$R/lib/modules/$kver" ||
+		fail "cannot bind-mount the module tree"
+elif [ -d $R/run/run-vm/modtree ]; then
 	$bb mkdir -p $R/run/run-vm/stock
 	$bb mount --bind "$R/lib/modules/$kver" $R/run/run-vm/stock ||
 		fail "cannot bind-mount /lib/modules/$kver"
@@ -99,6 +106,9 @@ fi
 
 # Static nodes for on-demand module loading (what kmod static-nodes and
 # systemd-tmpfiles do at boot): opening /dev/loop-control loads loop, etc.
+# (None without a module tree: then devtmpfs has the built-in drivers' nodes.)
+devname=$R/lib/modules/$kver/modules.devname
+[ -r "$devname" ] || devname=$R/dev/null
 while read -r mod node spec; do
 	case "$mod" in ''|\#*) continue ;; esac
 	[ -e "$R/dev/$node" ] && continue
@@ -106,6 +116,6 @@ while read -r mod node spec; do
 	mm=${spec#?}
 	case "$node" in */*) $bb mkdir -p "$R/dev/${node%/*}" ;; esac
 	$bb mknod -m 0600 "$R/dev/$node" "$t" "${mm%:*}" "${mm#*:}" 2>/dev/null
-done <"$R/lib/modules/$kver/modules.devname"
+done <"$devname"
 
 exec $bb switch_root $R /bin/bash "$gi"

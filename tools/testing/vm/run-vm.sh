@@ -7,6 +7,7 @@
 # Usage:
 #   run-vm.sh --kver KVER [--module PATH.ko] [--disk SIZE]... [--mem MiB]
 #             [--cpus N] [--timeout SEC] [--log DIR] [--env VAR=VALUE]...
+#             [--kernel IMAGE] [--append PARAMS]
 #             [--inject-warn] [--verbose] -- COMMAND [ARGS...]
 #
 # The guest:
@@ -56,6 +57,15 @@
 #   2       usage error
 #   130     interrupted (SIGINT/SIGTERM/SIGHUP); qemu is killed, disks removed
 #
+# --kernel IMAGE boots IMAGE (a bzImage) instead of /boot/vmlinuz-KVER: a
+# kernel with everything the guest needs built in (virtio PCI and block,
+# 9p over virtio, overlayfs, devtmpfs), such as the `make check-debug`
+# kernel.  KVER must then be its release (`uname -r` in the guest); no
+# /lib/modules/KVER is needed on the host and the initramfs loads no
+# module.  The module tree of --module holds only that module;
+# modules.builtin and modules.builtin.modinfo next to IMAGE, if present,
+# are given to depmod.  --append PARAMS adds kernel parameters.
+#
 # --inject-warn makes the guest log a kernel warning after COMMAND, to test
 # that the report detector works (see _inject_warn in guest-init.sh: LKDTM
 # when available, otherwise a WARN-format line written to /dev/kmsg, as the
@@ -73,9 +83,11 @@ CACHE_DIR=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/dm-qcow2
 
 # Kernel log lines that fail a run.  Keep in sync with
 # selftests/dm-qcow2/test_common.sh (_KERNEL_REPORT_RE).
-KERNEL_REPORT_RE='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|kmemleak|blocked for more than|Kernel panic|general protection fault|Call Trace:'
+KERNEL_REPORT_RE='Oops|BUG:|WARNING:|possible circular locking|possible recursive locking|inconsistent lock state|INFO: trying to register non-static key|suspicious RCU usage|KASAN|UBSAN|unreferenced object|blocked for more than|Kernel panic|general protection fault|Call Trace:'
 
 opt_kver=""
+opt_kernel=""
+opt_append=""
 opt_module=""
 opt_disks=()
 opt_mem=2048
@@ -88,6 +100,7 @@ opt_verbose=0
 cmd=()
 
 RUNDIR=""
+MODTREE_TEMP=""
 LOGDIR=""
 LOGDIR_TEMP=0
 QEMU_PID=""
@@ -130,6 +143,7 @@ _cleanup()
 		wait "${TAIL_PID}" 2>/dev/null
 	fi
 	[ -n "${RUNDIR}" ] && rm -rf "${RUNDIR}"
+	[ -n "${MODTREE_TEMP}" ] && rm -f "${MODTREE_TEMP}"
 	if [ "${LOGDIR_TEMP}" = 1 ] && [ -n "${LOGDIR}" ]; then
 		if [ "${rc}" = 0 ]; then
 			rm -rf "${LOGDIR}"
@@ -151,6 +165,8 @@ _parse_args()
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--kver) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_kver=$2; shift 2 ;;
+		--kernel) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_kernel=$2; shift 2 ;;
+		--append) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_append=$2; shift 2 ;;
 		--module) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_module=$2; shift 2 ;;
 		--disk) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_disks+=("$2"); shift 2 ;;
 		--mem) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_mem=$2; shift 2 ;;
@@ -183,8 +199,12 @@ _check_host()
 
 	KERNEL=/boot/vmlinuz-${opt_kver}
 	MODDIR=/lib/modules/${opt_kver}
+	if [ -n "${opt_kernel}" ]; then
+		KERNEL=$(realpath "${opt_kernel}" 2>/dev/null) || KERNEL=${opt_kernel}
+		MODDIR=""
+	fi
 	[ -r "${KERNEL}" ] || { _err "no kernel image ${KERNEL}"; exit 126; }
-	[ -d "${MODDIR}/kernel" ] || { _err "no modules in ${MODDIR}"; exit 126; }
+	[ -z "${MODDIR}" ] || [ -d "${MODDIR}/kernel" ] || { _err "no modules in ${MODDIR}"; exit 126; }
 	[ -r "${GUEST_INIT}" ] || { _err "missing ${GUEST_INIT}"; exit 126; }
 	[ -r "${INITRAMFS_INIT}" ] || { _err "missing ${INITRAMFS_INIT}"; exit 126; }
 	for t in qemu-system-x86_64 cpio depmod modprobe modinfo xz timeout sha256sum; do
@@ -214,6 +234,8 @@ _initramfs_modules()
 {
 	local m line seen=" "
 
+	# --kernel: everything is built in.
+	[ -n "${opt_kernel}" ] && return 0
 	for m in virtio_pci virtio_blk 9pnet_virtio 9p overlay; do
 		modprobe --show-depends -S "${opt_kver}" "${m}" 2>/dev/null ||
 			{ _err "modprobe --show-depends -S ${opt_kver} ${m} failed"; return 1; }
@@ -236,7 +258,8 @@ _build_initramfs()
 	local mods key stage m base tmp
 
 	mods=$(_initramfs_modules) || exit 126
-	[ -n "${mods}" ] || { _err "no 9p/virtio modules found for ${opt_kver}"; exit 126; }
+	[ -n "${mods}" ] || [ -n "${opt_kernel}" ] ||
+		{ _err "no 9p/virtio modules found for ${opt_kver}"; exit 126; }
 	key=$( {
 		cat "${INITRAMFS_INIT}"
 		echo "${mods}"
@@ -254,6 +277,7 @@ _build_initramfs()
 	ln -s busybox "${stage}/bin/sh"
 	mknod -m 600 "${stage}/dev/console" c 5 1 2>/dev/null
 	install -m 755 "${INITRAMFS_INIT}" "${stage}/init"
+	: >"${stage}/modules/order"
 	for m in ${mods}; do
 		base=${m##*/}
 		case "${m}" in
@@ -289,6 +313,10 @@ _build_modtree()
 	MODULE_NAME=$(basename "${opt_module}" .ko)
 	sum=$(sha256sum "${opt_module}" | cut -c1-16)
 	MODTREE_CPIO=${CACHE_DIR}/modtree-${opt_kver}-${MODULE_NAME}-${sum}.cpio
+	if [ -n "${opt_kernel}" ]; then
+		_build_modtree_alone
+		return
+	fi
 	if [ -s "${MODTREE_CPIO}" ] && [ "${MODTREE_CPIO}" -nt "${MODDIR}/modules.dep" ]; then
 		_info "using cached ${MODTREE_CPIO}"
 		touch "${MODTREE_CPIO}"
@@ -327,6 +355,36 @@ _build_modtree()
 	find "${CACHE_DIR}" -maxdepth 1 -name "modtree-${opt_kver}-*.cpio" -printf '%T@ %p\n' |
 		sort -rn | tail -n +5 | while read -r _ tmp; do rm -f "${tmp}"; done
 	return 0
+}
+
+# --kernel: a module tree with only extra/<module>.ko (plus modules.builtin*
+# found next to the image), not cached (depmod over one module is quick).
+_build_modtree_alone()
+{
+	local stage d tmp warn f
+
+	stage=$(mktemp -d "${TMPDIR:-/tmp}/run-vm-modtree.XXXXXX") || exit 126
+	d=${stage}/lib/modules/${opt_kver}
+	mkdir -p "${d}/extra"
+	cp "${opt_module}" "${d}/extra/${MODULE_NAME}.ko"
+	echo "extra/${MODULE_NAME}.ko" >"${d}/modules.order"
+	for f in modules.builtin modules.builtin.modinfo; do
+		[ -r "${KERNEL%/*}/${f}" ] && cp "${KERNEL%/*}/${f}" "${d}/"
+	done
+	if ! warn=$(depmod -b "${stage}" "${opt_kver}" 2>&1); then
+		_err "depmod failed: ${warn}"
+		rm -rf "${stage}"
+		exit 126
+	fi
+	[ -n "${warn}" ] && echo "run-vm: depmod: ${warn}" >&2
+	mkdir -p "${stage}/cpio/run-vm"
+	mv "${d}" "${stage}/cpio/run-vm/modtree"
+	tmp=$(mktemp "${TMPDIR:-/tmp}/run-vm-modtree.XXXXXX") || exit 126
+	(cd "${stage}/cpio" && find run-vm | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"${tmp}" ||
+		{ rm -rf "${stage}" "${tmp}"; _err "cpio failed"; exit 126; }
+	rm -rf "${stage}"
+	MODTREE_CPIO=${tmp}
+	MODTREE_TEMP=${tmp}
 }
 
 # The per-run part of the initramfs: run-vm/spec and run-vm/guest-init.
@@ -393,6 +451,7 @@ _qemu_cmdline()
 	append="console=ttyS0 quiet panic=-1 printk.devkmsg=on rdinit=/init"
 	append+=" 8250.nr_uarts=4 i8042.noaux i8042.nokbd"
 	append+=" rcupdate.rcu_cpu_stall_timeout=120 watchdog_thresh=60"
+	[ -n "${opt_append}" ] && append+=" ${opt_append}"
 	# Four UARTs: ttyS0 console, ttyS1 command output, ttyS2 kernel log,
 	# ttyS3 exit status.  ttyS2/ttyS3 get IRQs 5 and 7 of their own: on the
 	# PC defaults (4 and 3, shared with ttyS0/ttyS1) qemu's ISA line is not
