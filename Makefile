@@ -7,6 +7,8 @@
 #   make install            install into /lib/modules/<kver>/updates and run depmod
 #   make check              build for both test kernels with W=1 and sparse, run the
 #                           userspace tests and the whole selftest suite in VMs
+#   make check-debug        the selftests on a KASAN/lockdep/kmemleak kernel built from
+#                           linux-source-6.1 (cached; DEBUG_TESTS="test_x.sh ...")
 #   make demo               the README's demo, in a test VM
 #   make fuzz               fuzz the format parser with libFuzzer (FUZZ_SECONDS=20 per target)
 #   make deb                Debian packages dm-qcow2-dkms and qcow2setup in build/deb
@@ -24,12 +26,12 @@ CHECK_KVERS ?= $(shell $(SRCDIR)/tools/testing/kvers.sh)
 
 MODULE_SRCS := Kbuild $(shell cd $(SRCDIR) && find drivers include -name '*.[ch]' -not -path '*/probes/*')
 
-.PHONY: all modules deps install clean check check-build check-unit check-vm demo help bench qcow2setup deb fuzz
+.PHONY: all modules deps install clean check check-build check-unit check-vm check-debug demo help bench qcow2setup deb fuzz
 
 all: modules
 
 help:
-	@sed -n '3,15p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,17p' $(SRCDIR)/Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	@$(SRCDIR)/tools/setup-deps.sh
@@ -60,6 +62,10 @@ check-vm: deps qcow2setup
 
 check: deps
 	@$(SRCDIR)/tools/testing/check.sh $(CHECK_KVERS)
+
+# Not in `make check` or CI: builds a debug kernel (about half an hour, once).
+check-debug: deps
+	@$(SRCDIR)/tools/testing/check-debug.sh
 
 demo: deps
 	@$(SRCDIR)/tools/testing/demo.sh
