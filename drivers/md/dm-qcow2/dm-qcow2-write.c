@@ -81,11 +81,14 @@ void qcow2_corrupt(struct qcow2_target *qt, const char *why)
 	if (!test_and_set_bit(QCOW2_FLAG_CORRUPT, &qt->flags)) {
 		DMERR("%s: image is corrupt: %s; repair it with qemu-img check -r all",
 		      qcow2_dev_name(qt), why);
-		incompat = cpu_to_be64(qcow2_top(qt)->qi.incompatible_features |
-				       QCOW2_INCOMPAT_CORRUPT);
-		qcow2_write_header(qt, offsetof(struct qcow2_header,
-						incompatible_features),
-				   &incompat, sizeof(incompat));
+		/* Version 2 headers end before the feature fields. */
+		if (qcow2_top(qt)->qi.version >= 3) {
+			incompat = cpu_to_be64(qcow2_top(qt)->qi.incompatible_features |
+					       QCOW2_INCOMPAT_CORRUPT);
+			qcow2_write_header(qt, offsetof(struct qcow2_header,
+							incompatible_features),
+					   &incompat, sizeof(incompat));
+		}
 	}
 	qcow2_set_mode(qt, QCOW2_MODE_RO, "corrupt metadata");
 }
@@ -320,6 +323,25 @@ out:
 	return r;
 }
 
+/*
+ * Does host cluster @c overlap metadata the header points to (the header,
+ * the L1 table, the refcount table, the snapshot table's first cluster)?
+ * No data may be written there and none of it may be freed.
+ */
+bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c)
+{
+	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
+	u64 off = c << qi->cluster_bits, end = off + qi->cluster_size;
+
+	return !c ||
+	       (off < qi->l1_table_offset + (u64)qi->l1_size * 8 &&
+		end > qi->l1_table_offset) ||
+	       (off < qi->refcount_table_offset +
+		((u64)qi->refcount_table_clusters << qi->cluster_bits) &&
+		end > qi->refcount_table_offset) ||
+	       (qi->nb_snapshots && off == qi->snapshots_offset);
+}
+
 /* Give host range @rt a refcount block, placed at its own first cluster. */
 static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 {
@@ -336,6 +358,11 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 	}
 	if (off + qi->cluster_size > top->dev_size)
 		return -ENOSPC;
+	/* No block for clusters in use (range 0 has the header): corrupt. */
+	if (qcow2_is_fixed_metadata(qt, off >> qi->cluster_bits)) {
+		qcow2_corrupt(qt, "no refcount block for metadata clusters");
+		return -EIO;
+	}
 	qcow2_cache_invalidate(qt->cache, top, off, qi->cluster_size);
 	r = qcow2_zero_cluster(qt, off);
 	if (r)
@@ -347,21 +374,6 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 	qt->reftable[rt] = off;
 	qcow2_table_dirty(qt->reftable_dirty, rt);
 	return 0;
-}
-
-/* Does host cluster @c overlap metadata the header points to? */
-static bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c)
-{
-	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
-	u64 off = c << qi->cluster_bits, end = off + qi->cluster_size;
-
-	return !c ||
-	       (off < qi->l1_table_offset + (u64)qi->l1_size * 8 &&
-		end > qi->l1_table_offset) ||
-	       (off < qi->refcount_table_offset +
-		((u64)qi->refcount_table_clusters << qi->cluster_bits) &&
-		end > qi->refcount_table_offset) ||
-	       (qi->nb_snapshots && off == qi->snapshots_offset);
 }
 
 /* Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock. */
@@ -420,7 +432,16 @@ static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
  */
 static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len)
 {
+	u32 cb = qcow2_top(qt)->qi.cluster_bits;
 	struct qcow2_deferred *d;
+	u64 c;
+
+	for (c = offset >> cb; c <= (offset + len - 1) >> cb; c++) {
+		if (qcow2_is_fixed_metadata(qt, c)) {
+			qcow2_corrupt(qt, "a reference to a metadata cluster");
+			return -EIO;
+		}
+	}
 
 	/*
 	 * Merge whole clusters only: compressed byte ranges may share a host
@@ -692,6 +713,10 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	int r;
 
 	old = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
+	if (old > 0 && qcow2_is_fixed_metadata(qt, old >> qi->cluster_bits)) {
+		old = -EIO;
+		err = "L1 entry points to the header, L1 or refcount table";
+	}
 	if (old < 0) {
 		qcow2_corrupt(qt, err);
 		return -EIO;
@@ -972,6 +997,10 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	new = old;
 	if (in_place) {
 		h = qcow2_l2_host_offset(qi, &old, top->dev_size, &err);
+		if (h >= 0 && (qcow2_is_fixed_metadata(qt, h >> cb) || h == l2)) {
+			h = -EIO;
+			err = "L2 entry points to metadata";
+		}
 		if (h < 0) {
 			qcow2_corrupt(qt, err);
 			r = -EIO;
@@ -999,6 +1028,12 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		} else if (old.entry & QCOW2_L2E_OFFSET_MASK) {
 			old_host = old.entry & QCOW2_L2E_OFFSET_MASK;
 			free_len = qi->cluster_size;
+		}
+		if (free_len && (old_host >> cb) == ((u64)l2 >> cb)) {
+			qcow2_refcount_add(qt, host >> cb, -1, NULL);
+			qcow2_corrupt(qt, "L2 entry points to its own L2 table");
+			r = -EIO;
+			goto unlock;
 		}
 		new.entry = host;
 		new.bitmap = qi->extended_l2 && t != QCOW2_CL_COMPRESSED ? old.bitmap : 0;
@@ -1172,6 +1207,9 @@ static int qcow2_zero_whole_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			r = qcow2_defer_free(qt, c.offset & ~(u64)(SECTOR_SIZE - 1),
 					     c.nb_sectors << SECTOR_SHIFT);
 		}
+	} else if ((old.entry & QCOW2_L2E_OFFSET_MASK) == (u64)l2) {
+		qcow2_corrupt(qt, "L2 entry points to its own L2 table");
+		r = -EIO;
 	} else if (old.entry & QCOW2_L2E_OFFSET_MASK) {
 		r = qcow2_defer_free(qt, old.entry & QCOW2_L2E_OFFSET_MASK,
 				     qi->cluster_size);

@@ -204,6 +204,7 @@ int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error);
 void qcow2_set_mode(struct qcow2_target *qt, enum qcow2_mode mode,
 		    const char *why);
 void qcow2_corrupt(struct qcow2_target *qt, const char *why);
+bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c);
 int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
 		       const void *val, unsigned int len);
 int qcow2_commit(struct qcow2_target *qt, bool full);
