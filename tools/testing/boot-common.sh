@@ -87,3 +87,36 @@ boot_build_module()
 	fi
 	ok "module builds for $kver"
 }
+
+# boot_check_image LABEL IMG RAW LOG: the qcow2 image IMG after a boot:
+# qemu-img check clean, neither dirty nor corrupt, converted to RAW by QEMU
+# and holding a clean ext4 (LOG.* keep the tools' output).  Fails if the
+# image could not be converted (the caller's checks of RAW cannot run).
+boot_check_image()
+{
+	local label=$1 img=$2 raw=$3 log=$4 info fsck_rc
+
+	if qemu-img check "$img" >"$log.check" 2>&1; then
+		ok "$label: qemu-img check clean"
+	else
+		nok "$label: qemu-img check clean"
+		diag "$log.check"
+	fi
+	info=$(qemu-img info --output=json "$img" 2>&1)
+	if grep -q '"dirty-flag": false' <<<"$info" && grep -q '"corrupt": false' <<<"$info"; then
+		ok "$label: qemu-img info: not dirty, not corrupt"
+	else
+		nok "$label: qemu-img info: not dirty, not corrupt"
+		printf '%s\n' "$info" | sed 's/^/#   /'
+	fi
+	if ! qemu-img convert -f qcow2 -O raw "$img" "$raw" >"$log.convert" 2>&1; then
+		nok "$label: image read back through QEMU"
+		diag "$log.convert"
+		return 1
+	fi
+	e2fsck -fn "$raw" >"$log.fsck" 2>&1
+	fsck_rc=$?
+	check "$label: ext4 in the image clean (e2fsck -fn: $fsck_rc)" [ "$fsck_rc" = 0 ]
+	[ "$fsck_rc" = 0 ] || diag "$log.fsck"
+	return 0
+}

@@ -158,7 +158,7 @@ rm -f "$tmp/root.raw"
 # 4 and 5, for one case.
 boot_case()
 {
-	local c=$1 d=$tmp/$1 disk spec nonce img rc line marker want md5 fsck_rc info
+	local c=$1 d=$tmp/$1 disk spec nonce img rc line marker want md5 fsck_rc
 	mkdir -p "$d"
 	disk=$d/disk.raw
 	nonce=$nonce_base-$c
@@ -229,28 +229,7 @@ boot_case()
 		img=$disk
 		;;
 	esac
-	if qemu-img check "$img" >"$d/check.log" 2>&1; then
-		ok "$c: qemu-img check clean"
-	else
-		nok "$c: qemu-img check clean"
-		diag "$d/check.log"
-	fi
-	info=$(qemu-img info --output=json "$img" 2>&1)
-	if grep -q '"dirty-flag": false' <<<"$info" && grep -q '"corrupt": false' <<<"$info"; then
-		ok "$c: qemu-img info: not dirty, not corrupt"
-	else
-		nok "$c: qemu-img info: not dirty, not corrupt"
-		printf '%s\n' "$info" | sed 's/^/#   /'
-	fi
-	if ! qemu-img convert -f qcow2 -O raw "$img" "$d/root.raw" >"$d/convert.log" 2>&1; then
-		nok "$c: image read back through QEMU"
-		diag "$d/convert.log"
-		return
-	fi
-	e2fsck -fn "$d/root.raw" >"$d/fsck.log" 2>&1
-	fsck_rc=$?
-	check "$c: root ext4 in the image clean (e2fsck -fn: $fsck_rc)" [ "$fsck_rc" = 0 ]
-	[ "$fsck_rc" = 0 ] || diag "$d/fsck.log"
+	boot_check_image "$c" "$img" "$d/root.raw" "$d/image" || return
 	marker=$(debugfs -R 'cat /marker' "$d/root.raw" 2>/dev/null)
 	md5=$(sed -n 's/.* data_md5=\([0-9a-f]*\)$/\1/p' <<<"$marker")
 	want="nonce=$nonce root=/dev/mapper/root dm_qcow2=yes seed_md5=$seed_md5 data_md5=$md5"

@@ -348,29 +348,8 @@ for q in qa qb; do
 		diag "$tmp/dump.log"
 		continue
 	fi
-	if qemu-img check "$img" >"$tmp/check-$q.log" 2>&1; then
-		ok "$q: qemu-img check clean"
-	else
-		nok "$q: qemu-img check clean"
-		diag "$tmp/check-$q.log"
-	fi
-	info=$(qemu-img info --output=json "$img" 2>&1)
-	if grep -q '"dirty-flag": false' <<<"$info" && grep -q '"corrupt": false' <<<"$info"; then
-		ok "$q: qemu-img info: not dirty, not corrupt"
-	else
-		nok "$q: qemu-img info: not dirty, not corrupt"
-		printf '%s\n' "$info" | sed 's/^/#   /'
-	fi
 	raw=$tmp/$q.raw
-	if ! qemu-img convert -f qcow2 -O raw "$img" "$raw" >"$tmp/convert-$q.log" 2>&1; then
-		nok "$q: image read back through QEMU"
-		diag "$tmp/convert-$q.log"
-		continue
-	fi
-	e2fsck -fn "$raw" >"$tmp/fsck-$q.log" 2>&1
-	fsck_rc=$?
-	check "$q: its ext4 is clean (e2fsck -fn: $fsck_rc)" [ "$fsck_rc" = 0 ]
-	[ "$fsck_rc" = 0 ] || diag "$tmp/fsck-$q.log"
+	boot_check_image "$q" "$img" "$raw" "$tmp/image-$q" || continue
 	marker=$(debugfs -R 'cat /marker' "$raw" 2>/dev/null)
 	md5=$(sed -n "s/^QCOW2SD wrote $q data_md5=\([0-9a-f]*\)\$/\1/p" "$c")
 	want="nonce=$nonce name=$q data_md5=$md5"
