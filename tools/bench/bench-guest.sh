@@ -151,6 +151,9 @@ setup_devices() {
 		note "devices $SCRATCH $BASE missing"
 		return 1
 	fi
+	# Whether the device zeroes cheaply decides what an allocating write
+	# costs (dm-qcow2 fills the rest of a new cluster with write-zeroes).
+	DEV_DESC="$DEV_DESC; write_zeroes_max_bytes $(cat "/sys/block/${SCRATCH#/dev/}/queue/write_zeroes_max_bytes" 2>/dev/null || echo '?')"
 	modprobe loop
 	if modprobe nbd 2>/dev/null && [ -b /dev/nbd0 ]; then
 		HAVE_NBD=1
