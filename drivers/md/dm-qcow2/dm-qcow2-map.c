@@ -470,8 +470,8 @@ static s64 qcow2_in_place_host(struct qcow2_layer *top,
 	h = qcow2_l2_host_offset(qi, l2e, top->dev_size, &err);
 	if (h < 0 || h + qi->cluster_size > top->dev_size)
 		return -1;
-	/* Into the header or a table: the worker reports the corruption. */
-	if (qcow2_is_fixed_metadata(top->qt, h >> qi->cluster_bits))
+	/* Into metadata: the worker reports the corruption. */
+	if (qcow2_is_metadata(top->qt, h >> qi->cluster_bits))
 		return -1;
 	return h + from;
 }
@@ -505,7 +505,7 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 	if (!(l1e & QCOW2_OFLAG_COPIED))
 		return false;
 	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
-	if (l2 <= 0 || qcow2_is_fixed_metadata(qt, l2 >> cb))
+	if (l2 <= 0 || !qcow2_l2_exclusive(qt, l2 >> cb))
 		return false;
 	l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	s = qcow2_slice_get(qt->cache, top,
@@ -520,8 +520,7 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 
 		qcow2_l2_entry_load(qi, data, i, &l2e);
 		h = qcow2_in_place_host(top, &l2e, in_cluster, chunk);
-		/* Into its own L2 table: the worker reports the corruption. */
-		if (h < 0 || (*run && h != *host + *run) || ((u64)h >> cb) == ((u64)l2 >> cb))
+		if (h < 0 || (*run && h != *host + *run))
 			break;
 		if (!*run)
 			*host = h;

@@ -282,34 +282,41 @@ static int qcow2_load_l1(struct qcow2_target *qt, struct qcow2_layer *layer,
 	return 0;
 }
 
-/* Find snapshot @id in the snapshot table and switch @layer to its L1 table. */
-static int qcow2_open_snapshot(struct qcow2_target *qt, struct qcow2_layer *layer,
-			       const char *id)
+typedef int (*qcow2_snapshot_fn)(struct qcow2_target *qt, struct qcow2_layer *layer,
+				 const struct qcow2_snapshot_info *si, u64 off, void *arg);
+
+/*
+ * Call @fn for each entry of @layer's snapshot table (@off: where the entry
+ * is) until it returns non-zero.  Returns that, or 0 after the last entry.
+ */
+static int qcow2_walk_snapshots(struct qcow2_target *qt, struct qcow2_layer *layer,
+				qcow2_snapshot_fn fn, void *arg)
 {
 	const struct qcow2_info *qi = &layer->qi;
 	struct qcow2_snapshot_info si;
 	const size_t window = 128 << 10;	/* one entry is at most ~132 KiB */
-	size_t id_len = strlen(id);
 	u64 off = qi->snapshots_offset;
 	size_t max_entry = sizeof(struct qcow2_snapshot_header) +
 			   QCOW2_MAX_SNAPSHOT_EXTRA + 2 * 65535 + 8;
 	const char *err = NULL;
 	void *buf;
 	u32 n;
-	int r;
+	int r = 0;
 
+	if (!qi->nb_snapshots)
+		return 0;
 	buf = kvmalloc(max_entry, GFP_KERNEL);
 	if (!buf) {
 		qt->ti->error = "Cannot allocate memory for the snapshot table";
 		return -ENOMEM;
 	}
-	for (n = 0; n < qi->nb_snapshots; n++) {
+	for (n = 0; n < qi->nb_snapshots && !r; n++) {
 		size_t len = window;
 
 		if (off - qi->snapshots_offset >= QCOW2_MAX_SNAPSHOT_TABLE) {
 			qt->ti->error = "Snapshot table too large";
 			r = -EINVAL;
-			goto out;
+			break;
 		}
 		for (;;) {
 			r = qcow2_read_bytes(qt, layer, off, buf, len);
@@ -324,21 +331,40 @@ static int qcow2_open_snapshot(struct qcow2_target *qt, struct qcow2_layer *laye
 		}
 		if (r < 0) {
 			qcow2_ti_error(qt->ti, err ? err : "Invalid snapshot table entry");
-			goto out;
+			break;
 		}
-		if (si.id_len == id_len && !memcmp(si.id, id, id_len)) {
-			if (si.disk_size)
-				layer->size = si.disk_size & ~(u64)(SECTOR_SIZE - 1);
-			r = qcow2_load_l1(qt, layer, si.l1_table_offset, si.l1_size);
-			goto out;
-		}
+		r = fn(qt, layer, &si, off, arg);
 		off += si.entry_len;
 	}
-	qt->ti->error = "Snapshot not found";
-	r = -ENOENT;
 out:
 	kvfree(buf);
 	return r;
+}
+
+static int qcow2_match_snapshot(struct qcow2_target *qt, struct qcow2_layer *layer,
+				const struct qcow2_snapshot_info *si, u64 off, void *arg)
+{
+	const char *id = arg;
+	int r;
+
+	if (si->id_len != strlen(id) || memcmp(si->id, id, si->id_len))
+		return 0;
+	if (si->disk_size)
+		layer->size = si->disk_size & ~(u64)(SECTOR_SIZE - 1);
+	r = qcow2_load_l1(qt, layer, si->l1_table_offset, si->l1_size);
+	return r ? r : 1;
+}
+
+/* Find snapshot @id in the snapshot table and switch @layer to its L1 table. */
+static int qcow2_open_snapshot(struct qcow2_target *qt, struct qcow2_layer *layer,
+			       const char *id)
+{
+	int r = qcow2_walk_snapshots(qt, layer, qcow2_match_snapshot, (void *)id);
+
+	if (r)
+		return r < 0 ? r : 0;
+	qt->ti->error = "Snapshot not found";
+	return -ENOENT;
 }
 
 /* Check that the table's chain matches what the image header says. */
@@ -399,6 +425,93 @@ out:
 	return r;
 }
 
+/* Record clusters [@off, @off + @len) in the metadata index as @kind. */
+static int qcow2_index_range(struct qcow2_target *qt, u64 off, u64 len,
+			     unsigned long kind)
+{
+	u32 cb = qt->layers[0].qi.cluster_bits;
+	u64 c;
+	int r;
+
+	for (c = off >> cb; len && c <= (off + len - 1) >> cb; c++) {
+		r = qcow2_meta_add(qt, c, kind, GFP_KERNEL);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* Index a snapshot's table entry, its L1 table and the L2 tables it uses. */
+static int qcow2_index_snapshot(struct qcow2_target *qt, struct qcow2_layer *layer,
+				const struct qcow2_snapshot_info *si, u64 off, void *arg)
+{
+	const struct qcow2_info *qi = &layer->qi;
+	size_t bytes = (size_t)si->l1_size * sizeof(u64);
+	const char *err;
+	__be64 *l1;
+	s64 l2;
+	u32 i;
+	int r;
+
+	r = qcow2_index_range(qt, off, si->entry_len, QCOW2_META_SNAPSHOT);
+	if (!r)
+		r = qcow2_index_range(qt, si->l1_table_offset, bytes, QCOW2_META_SNAPSHOT);
+	if (r || !bytes)
+		return r;
+	l1 = kvmalloc(bytes, GFP_KERNEL);
+	if (!l1)
+		return -ENOMEM;
+	r = qcow2_read_bytes(qt, layer, si->l1_table_offset, l1, bytes);
+	if (r)
+		qt->ti->error = "Cannot read a snapshot's L1 table";
+	for (i = 0; !r && i < si->l1_size; i++) {
+		l2 = qcow2_l1_entry_l2_offset(qi, be64_to_cpu(l1[i]), layer->dev_size, &err);
+		if (l2 > 0)
+			r = qcow2_meta_add(qt, l2 >> qi->cluster_bits, QCOW2_META_SNAPSHOT,
+					   GFP_KERNEL);
+	}
+	kvfree(l1);
+	return r;
+}
+
+/*
+ * Build the index of the top layer's metadata clusters (dm-qcow2-write.c)
+ * from the L1 and refcount tables in memory, the snapshot table and the
+ * snapshots' L1 tables: one read per snapshot, none per L2 table.
+ */
+static int qcow2_build_meta_index(struct qcow2_target *qt)
+{
+	struct qcow2_layer *top = &qt->layers[0];
+	const struct qcow2_info *qi = &top->qi;
+	const char *err;
+	u64 i, rb;
+	s64 l2;
+	int r;
+
+	qt->ti->error = "Cannot allocate memory for the metadata index";
+	for (i = 0; i < top->l1_size; i++) {
+		l2 = qcow2_l1_entry_l2_offset(qi, top->l1[i], top->dev_size, &err);
+		if (l2 > 0) {
+			r = qcow2_meta_add(qt, l2 >> qi->cluster_bits, QCOW2_META_L2,
+					   GFP_KERNEL);
+			if (r)
+				return r;
+		}
+		if (!(i & 4095))
+			cond_resched();
+	}
+	for (i = 0; i < qt->reftable_entries; i++) {
+		rb = qt->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+		if (rb) {
+			r = qcow2_meta_add(qt, rb >> qi->cluster_bits, QCOW2_META_REFBLOCK,
+					   GFP_KERNEL);
+			if (r)
+				return r;
+		}
+	}
+	return qcow2_walk_snapshots(qt, top, qcow2_index_snapshot, NULL);
+}
+
 /* Prepare the top layer for writing: refcount table, dirty tracking, header. */
 static int qcow2_open_writable(struct qcow2_target *qt)
 {
@@ -443,6 +556,9 @@ static int qcow2_open_writable(struct qcow2_target *qt)
 	for (i = 0; i < qt->reftable_entries; i++)
 		qt->reftable[i] = be64_to_cpu((__force __be64)qt->reftable[i]);
 	qt->rb_bits = qi->cluster_bits + 3 - qi->refcount_order;
+	r = qcow2_build_meta_index(qt);
+	if (r)
+		return r;
 	qt->discard_passdown = bdev_max_discard_sectors(top->dev->bdev) > 0;
 
 	/* We keep none of the autoclear features consistent: clear them first. */
@@ -480,6 +596,7 @@ static void qcow2_dtr(struct dm_target *ti)
 	kvfree(qt->reftable);
 	bitmap_free(qt->reftable_dirty);
 	bitmap_free(qt->l1_dirty);
+	xa_destroy(&qt->meta_index);
 	qcow2_dpool_destroy(qt->dpool);
 	qcow2_cache_destroy(qt->cache);
 	bioset_exit(&qt->write_bs);
@@ -531,6 +648,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	for (k = 0; k < ARRAY_SIZE(qt->cluster_locks); k++)
 		mutex_init(&qt->cluster_locks[k]);
 	INIT_LIST_HEAD(&qt->deferred);
+	xa_init(&qt->meta_index);
 	init_waitqueue_head(&qt->inflight_wait);
 	atomic_set(&qt->inflight[0], 0);
 	atomic_set(&qt->inflight[1], 0);
@@ -762,6 +880,7 @@ static int qcow2_reload(struct qcow2_target *qt)
 		qt->reftable = NULL;
 		qt->reftable_dirty = NULL;
 		qt->l1_dirty = NULL;
+		xa_destroy(&qt->meta_index);
 		qt->free_hint = 0;
 		clear_bit(QCOW2_FLAG_NOSPACE, &qt->flags);
 		r = qcow2_open_writable(qt);

@@ -134,6 +134,86 @@ static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
 }
 
 /* ----------------------------------------------------------------------- */
+/* Metadata clusters                                                       */
+
+/*
+ * Does host cluster @c overlap metadata the header points to (the header,
+ * the L1 table, the refcount table, the snapshot table's first cluster)?
+ * No data may be written there and none of it may be freed.
+ */
+static bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c)
+{
+	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
+	u64 off = c << qi->cluster_bits, end = off + qi->cluster_size;
+
+	return !c ||
+	       (off < qi->l1_table_offset + (u64)qi->l1_size * 8 &&
+		end > qi->l1_table_offset) ||
+	       (off < qi->refcount_table_offset +
+		((u64)qi->refcount_table_clusters << qi->cluster_bits) &&
+		end > qi->refcount_table_offset) ||
+	       (qi->nb_snapshots && off == qi->snapshots_offset);
+}
+
+/*
+ * The metadata index (qt->meta_index) maps a host cluster of the top layer to
+ * what it holds besides the metadata at places the header names: a count of
+ * active L1 entries using it as their L2 table, a refcount block, a cluster of
+ * a snapshot (its table entry, its L1 table, an L2 table it uses).  Built at
+ * open from tables in memory, the snapshot table and the snapshot L1 tables,
+ * and kept current under meta_lock by the allocator; looked up locklessly.
+ */
+unsigned long qcow2_meta_kinds(struct qcow2_target *qt, u64 c)
+{
+	void *v;
+
+	if ((unsigned long)c != c)
+		return 0;
+	v = xa_load(&qt->meta_index, c);
+	return v ? xa_to_value(v) : 0;
+}
+
+/* Record host cluster @c as a @kind (QCOW2_META_*); L2 uses are counted. */
+int qcow2_meta_add(struct qcow2_target *qt, u64 c, unsigned long kind, gfp_t gfp)
+{
+	unsigned long v = qcow2_meta_kinds(qt, c);
+
+	if ((unsigned long)c != c)
+		return -EFBIG;
+	v = kind == QCOW2_META_L2 ? v + kind : v | kind;
+	return xa_err(xa_store(&qt->meta_index, c, xa_mk_value(v), gfp));
+}
+
+/* An active L1 entry no longer uses host cluster @c as its L2 table. */
+static void qcow2_meta_put_l2(struct qcow2_target *qt, u64 c)
+{
+	unsigned long v = qcow2_meta_kinds(qt, c);
+
+	if (v < QCOW2_META_L2)
+		return;
+	v -= QCOW2_META_L2;
+	if (v)	/* replaces an existing entry: allocates nothing */
+		xa_store(&qt->meta_index, c, xa_mk_value(v), GFP_NOWAIT);
+	else
+		xa_erase(&qt->meta_index, c);
+}
+
+/*
+ * Is host cluster @c the L2 table of exactly one active L1 entry and nothing
+ * else, so that it may be changed in place?
+ */
+bool qcow2_l2_exclusive(struct qcow2_target *qt, u64 c)
+{
+	return qcow2_meta_kinds(qt, c) == QCOW2_META_L2 && !qcow2_is_fixed_metadata(qt, c);
+}
+
+/* Is host cluster @c metadata, so that no data may go there nor be freed? */
+bool qcow2_is_metadata(struct qcow2_target *qt, u64 c)
+{
+	return qcow2_is_fixed_metadata(qt, c) || qcow2_meta_kinds(qt, c);
+}
+
+/* ----------------------------------------------------------------------- */
 /* Refcounts                                                               */
 
 /*
@@ -160,6 +240,11 @@ static int qcow2_refcount_slice(struct qcow2_target *qt, u64 cluster,
 	if ((rb & (qi->cluster_size - 1)) || rb + qi->cluster_size > top->dev_size ||
 	    (qt->reftable[rt] & QCOW2_REFT_RESERVED_MASK)) {
 		qcow2_corrupt(qt, "refcount table entry invalid");
+		return -EIO;
+	}
+	if (qcow2_is_fixed_metadata(qt, rb >> qi->cluster_bits) ||
+	    qcow2_meta_kinds(qt, rb >> qi->cluster_bits) & ~QCOW2_META_REFBLOCK) {
+		qcow2_corrupt(qt, "refcount block overlaps other metadata");
 		return -EIO;
 	}
 	byte = (entry << qi->refcount_order) >> 3;
@@ -266,6 +351,13 @@ static int qcow2_grow_reftable(struct qcow2_target *qt, u64 rt_needed)
 		return -EFBIG;
 	if ((base + 1 + n) << qi->cluster_bits > top->dev_size)
 		return -ENOSPC;
+	/* Nothing lives where no refcount block covers it, unless corrupt. */
+	for (i = 0; i <= n; i++) {
+		if (qcow2_is_metadata(qt, base + i)) {
+			qcow2_corrupt(qt, "metadata in clusters without refcount block");
+			return -EIO;
+		}
+	}
 
 	/* Entries of the new table must only point to durable blocks. */
 	r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
@@ -281,6 +373,9 @@ static int qcow2_grow_reftable(struct qcow2_target *qt, u64 rt_needed)
 		r = -ENOMEM;
 		goto out;
 	}
+	r = qcow2_meta_add(qt, base, QCOW2_META_REFBLOCK, GFP_NOIO);
+	if (r)
+		goto out;
 	/* The refcount block of range k: itself and the n table clusters. */
 	for (i = 0; i <= n; i++)
 		qcow2_refcount_set(buf, qi->refcount_order, i, 1);
@@ -317,29 +412,12 @@ static int qcow2_grow_reftable(struct qcow2_target *qt, u64 rt_needed)
 	/* The old table is garbage once the header switch is durable (it is). */
 	r = qcow2_defer_free(qt, old_off, old_len);
 out:
+	if (r && qt->reftable_entries != entries)	/* not switched */
+		xa_erase(&qt->meta_index, base);
 	kvfree(buf);
 	bitmap_free(dirty);
 	kvfree(table);
 	return r;
-}
-
-/*
- * Does host cluster @c overlap metadata the header points to (the header,
- * the L1 table, the refcount table, the snapshot table's first cluster)?
- * No data may be written there and none of it may be freed.
- */
-bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c)
-{
-	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
-	u64 off = c << qi->cluster_bits, end = off + qi->cluster_size;
-
-	return !c ||
-	       (off < qi->l1_table_offset + (u64)qi->l1_size * 8 &&
-		end > qi->l1_table_offset) ||
-	       (off < qi->refcount_table_offset +
-		((u64)qi->refcount_table_clusters << qi->cluster_bits) &&
-		end > qi->refcount_table_offset) ||
-	       (qi->nb_snapshots && off == qi->snapshots_offset);
 }
 
 /* Give host range @rt a refcount block, placed at its own first cluster. */
@@ -359,10 +437,13 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 	if (off + qi->cluster_size > top->dev_size)
 		return -ENOSPC;
 	/* No block for clusters in use (range 0 has the header): corrupt. */
-	if (qcow2_is_fixed_metadata(qt, off >> qi->cluster_bits)) {
+	if (qcow2_is_metadata(qt, off >> qi->cluster_bits)) {
 		qcow2_corrupt(qt, "no refcount block for metadata clusters");
 		return -EIO;
 	}
+	r = qcow2_meta_add(qt, off >> qi->cluster_bits, QCOW2_META_REFBLOCK, GFP_NOIO);
+	if (r)
+		return r;
 	qcow2_cache_invalidate(qt->cache, top, off, qi->cluster_size);
 	r = qcow2_zero_cluster(qt, off);
 	if (r)
@@ -404,7 +485,7 @@ static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
 		for (; idx < n && c < nr; idx++, c++) {
 			if (qcow2_refcount_get(qcow2_slice_data(s), qi->refcount_order, idx))
 				continue;
-			if (qcow2_is_fixed_metadata(qt, c)) {
+			if (qcow2_is_metadata(qt, c)) {
 				qcow2_slice_put(qt->cache, s);
 				qcow2_corrupt(qt, "refcount of a metadata cluster is 0");
 				return -EIO;
@@ -430,18 +511,9 @@ static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
  * the mapping change that removed it is durable: at the end of the next
  * commit.  Contiguous ranges are merged.
  */
-static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len)
+static int qcow2_queue_free(struct qcow2_target *qt, u64 offset, u64 len)
 {
-	u32 cb = qcow2_top(qt)->qi.cluster_bits;
 	struct qcow2_deferred *d;
-	u64 c;
-
-	for (c = offset >> cb; c <= (offset + len - 1) >> cb; c++) {
-		if (qcow2_is_fixed_metadata(qt, c)) {
-			qcow2_corrupt(qt, "a reference to a metadata cluster");
-			return -EIO;
-		}
-	}
 
 	/*
 	 * Merge whole clusters only: compressed byte ranges may share a host
@@ -464,6 +536,21 @@ static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len)
 	list_add_tail(&d->list, &qt->deferred);
 	qt->nr_deferred++;
 	return 0;
+}
+
+/* Queue the free of a reference from an L2 entry: never to metadata. */
+static int qcow2_defer_free(struct qcow2_target *qt, u64 offset, u64 len)
+{
+	u32 cb = qcow2_top(qt)->qi.cluster_bits;
+	u64 c;
+
+	for (c = offset >> cb; c <= (offset + len - 1) >> cb; c++) {
+		if (qcow2_is_metadata(qt, c)) {
+			qcow2_corrupt(qt, "a reference to a metadata cluster");
+			return -EIO;
+		}
+	}
+	return qcow2_queue_free(qt, offset, len);
 }
 
 /* Wait until no bio that was mapped before now still uses old mappings. */
@@ -713,9 +800,12 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	int r;
 
 	old = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
-	if (old > 0 && qcow2_is_fixed_metadata(qt, old >> qi->cluster_bits)) {
+	if (old > 0 && ((l1e & QCOW2_OFLAG_COPIED) ?
+			!qcow2_l2_exclusive(qt, old >> qi->cluster_bits) :
+			(qcow2_is_fixed_metadata(qt, old >> qi->cluster_bits) ||
+			 qcow2_meta_kinds(qt, old >> qi->cluster_bits) & QCOW2_META_REFBLOCK))) {
 		old = -EIO;
-		err = "L1 entry points to the header, L1 or refcount table";
+		err = "L1 entry points to other metadata";
 	}
 	if (old < 0) {
 		qcow2_corrupt(qt, err);
@@ -727,6 +817,11 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	new = qcow2_alloc_cluster(qt);
 	if (new < 0)
 		return new;
+	r = qcow2_meta_add(qt, new >> qi->cluster_bits, QCOW2_META_L2, GFP_NOIO);
+	if (r) {
+		qcow2_refcount_add(qt, new >> qi->cluster_bits, -1, NULL);
+		return r;
+	}
 	qcow2_cache_invalidate(qt->cache, top, new, qi->cluster_size);
 	if (!old) {
 		r = qcow2_zero_cluster(qt, new);
@@ -740,13 +835,17 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 		if (!r)
 			r = qcow2_write_bytes(qt, top, new, buf, qi->cluster_size);
 		kvfree(buf);
+		/* A snapshot's table: not a reference that may point at metadata. */
 		if (!r)
-			r = qcow2_defer_free(qt, old, qi->cluster_size);
+			r = qcow2_queue_free(qt, old, qi->cluster_size);
 	}
 	if (r) {
+		qcow2_meta_put_l2(qt, new >> qi->cluster_bits);
 		qcow2_refcount_add(qt, new >> qi->cluster_bits, -1, NULL);
 		return r;
 	}
+	if (old)
+		qcow2_meta_put_l2(qt, old >> qi->cluster_bits);
 	WRITE_ONCE(top->l1[l1_idx], new | QCOW2_OFLAG_COPIED);
 	qcow2_table_dirty(qt->l1_dirty, l1_idx);
 	return new;
@@ -997,7 +1096,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	new = old;
 	if (in_place) {
 		h = qcow2_l2_host_offset(qi, &old, top->dev_size, &err);
-		if (h >= 0 && (qcow2_is_fixed_metadata(qt, h >> cb) || h == l2)) {
+		if (h >= 0 && qcow2_is_metadata(qt, h >> cb)) {
 			h = -EIO;
 			err = "L2 entry points to metadata";
 		}
@@ -1029,9 +1128,9 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			old_host = old.entry & QCOW2_L2E_OFFSET_MASK;
 			free_len = qi->cluster_size;
 		}
-		if (free_len && (old_host >> cb) == ((u64)l2 >> cb)) {
+		if (free_len && qcow2_is_metadata(qt, old_host >> cb)) {
 			qcow2_refcount_add(qt, host >> cb, -1, NULL);
-			qcow2_corrupt(qt, "L2 entry points to its own L2 table");
+			qcow2_corrupt(qt, "L2 entry points to metadata");
 			r = -EIO;
 			goto unlock;
 		}
@@ -1178,6 +1277,11 @@ static int qcow2_zero_whole_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	l2_idx &= (1U << slice_entries_bits) - 1;
 	qcow2_l2_entry_load(qi, qcow2_slice_data(s), l2_idx, &old);
 	t = qcow2_l2_type(qi, &old, 0, &err);
+	if (t != QCOW2_CL_COMPRESSED && (old.entry & QCOW2_L2E_OFFSET_MASK) &&
+	    qcow2_is_metadata(qt, (old.entry & QCOW2_L2E_OFFSET_MASK) >> cb)) {
+		t = QCOW2_CL_INVALID;
+		err = "L2 entry points to metadata";
+	}
 	if (t == QCOW2_CL_INVALID) {
 		qcow2_slice_put(qt->cache, s);
 		qcow2_corrupt(qt, err);
@@ -1207,9 +1311,6 @@ static int qcow2_zero_whole_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			r = qcow2_defer_free(qt, c.offset & ~(u64)(SECTOR_SIZE - 1),
 					     c.nb_sectors << SECTOR_SHIFT);
 		}
-	} else if ((old.entry & QCOW2_L2E_OFFSET_MASK) == (u64)l2) {
-		qcow2_corrupt(qt, "L2 entry points to its own L2 table");
-		r = -EIO;
 	} else if (old.entry & QCOW2_L2E_OFFSET_MASK) {
 		r = qcow2_defer_free(qt, old.entry & QCOW2_L2E_OFFSET_MASK,
 				     qi->cluster_size);

@@ -18,6 +18,7 @@
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
+#include <linux/xarray.h>
 
 #include "dm-qcow2-compat.h"
 #include "qcow2-format.h"
@@ -34,6 +35,11 @@ enum {
 	QCOW2_FLAG_CORRUPT,	/* corrupt bit set: no more writes */
 	QCOW2_FLAG_NOSPACE,	/* an allocation found the device full */
 };
+
+/* What a host cluster of the top layer holds (qcow2_target.meta_index) */
+#define QCOW2_META_REFBLOCK	BIT(0)	/* a refcount block */
+#define QCOW2_META_SNAPSHOT	BIT(1)	/* a snapshot's entry, L1 or L2 table */
+#define QCOW2_META_L2		BIT(2)	/* counts active L1 entries using it */
 
 enum qcow2_layer_format {
 	QCOW2_FMT_QCOW2,
@@ -102,6 +108,7 @@ struct qcow2_target {
 	bool dirty_bit;			/* we set the image's dirty bit */
 	bool suspended;			/* postsuspend ran: resume re-reads the image */
 	struct mutex cluster_locks[1 << QCOW2_CLUSTER_LOCK_BITS];
+	struct xarray meta_index;	/* host cluster -> QCOW2_META_* */
 	u64 *reftable;			/* refcount table, CPU order */
 	u64 reftable_entries;
 	unsigned long *reftable_dirty;	/* one bit per sector */
@@ -204,7 +211,10 @@ int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error);
 void qcow2_set_mode(struct qcow2_target *qt, enum qcow2_mode mode,
 		    const char *why);
 void qcow2_corrupt(struct qcow2_target *qt, const char *why);
-bool qcow2_is_fixed_metadata(struct qcow2_target *qt, u64 c);
+unsigned long qcow2_meta_kinds(struct qcow2_target *qt, u64 c);
+int qcow2_meta_add(struct qcow2_target *qt, u64 c, unsigned long kind, gfp_t gfp);
+bool qcow2_is_metadata(struct qcow2_target *qt, u64 c);
+bool qcow2_l2_exclusive(struct qcow2_target *qt, u64 c);
 int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
 		       const void *val, unsigned int len);
 int qcow2_commit(struct qcow2_target *qt, bool full);
