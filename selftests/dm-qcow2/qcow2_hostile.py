@@ -39,13 +39,10 @@ GUARD = 1 * M                   # guard regions before and after the image
 GROWTH = 2 * M                  # room after the image for allocations
 IO_TIMEOUT = 120                # seconds for one phase before "hang"
 VERBOSE = os.environ.get("QCOW2_HOSTILE_VERBOSE", "0") == "1"
-# Known open bugs of the target (found by this test; see the comment at
-# KNOWN_OVERWRITE).  By default an image hitting them is reported
-# "ok ... # XFAIL" with the diagnostics; QCOW2_HOSTILE_STRICT=1 makes them
-# fail.  (Two more it found are fixed: a hang when refcount table entry 0
-# is 0, which placed a refcount block over the header, and the corrupt bit
-# written into a version 2 header's first extension.)
-STRICT = os.environ.get("QCOW2_HOSTILE_STRICT", "0") == "1"
+# Bugs this test found in the target, all fixed: a hang when refcount
+# table entry 0 is 0 (a refcount block placed over the header), the corrupt
+# bit written into a version 2 header's first extension, guest data written
+# over (and frees of) metadata that L2 entries point at.
 
 # Keep in sync with test_common.sh (passed in the environment).
 REPORT_RE = re.compile(os.environ.get(
@@ -653,8 +650,8 @@ def header_diff(orig, new, cs):
     target may update: the refcount table offset and clusters (48-59),
     on v3 the dirty and corrupt bits (72-79) and cleared autoclear bits
     (88-95: the spec says a writer that does not know them clears them).
-    Returns (bad byte offsets, known-bug note or None)."""
-    bad, note = [], None
+    Returns the bad byte offsets."""
+    bad = []
     v3 = int.from_bytes(orig[4:8], "big") >= 3
     o72, n72 = (int.from_bytes(x[72:80], "big") for x in (orig, new))
     o88, n88 = (int.from_bytes(x[88:96], "big") for x in (orig, new))
@@ -669,7 +666,7 @@ def header_diff(orig, new, cs):
         if 88 <= i < 96 and v3 and n88 & ~o88 == 0:
             continue
         bad.append(i)
-    return bad, note
+    return bad
 
 
 class Runner:
@@ -683,7 +680,7 @@ class Runner:
         self.guard = rng.randbytes(GUARD)
         self.last_dm_line = 0.0
         self.counts = dict(images=0, refused=0, mapped=0, refused_rw=0, mapped_rw=0,
-                           read_errors=0, write_errors=0, ratelimited=0, failed=0, xfail=0,
+                           read_errors=0, write_errors=0, ratelimited=0, failed=0,
                            genfail=0)
         self.ktap = 0
         self.bailed = False
@@ -861,12 +858,19 @@ class Runner:
         else:
             diag += self.check_disk(path, img, region, orig_len, mapped_rw)
         good = not any(x.startswith(("FAIL", "HANG")) for x in diag)
-        known = [x for x in diag if x.startswith("KNOWN")]
-        if good and known:
-            c["xfail"] += 1
-            self.ok(True, desc + " # XFAIL known bug: " + known[0][7:80], diag)
-        else:
-            self.ok(good, desc, diag)
+        self.ok(good, desc, diag)
+
+    @staticmethod
+    def final_meta(path, body, region):
+        """Metadata clusters of the image as the target left it."""
+        tmp = path + ".final"
+        with open(tmp, "wb") as f:
+            f.write(body)
+        try:
+            fm = Meta(tmp, region)
+            return fm.fixed | fm.tables
+        finally:
+            os.unlink(tmp)
 
     def check_disk(self, path, img, region, orig_len, wrote):
         out = []
@@ -882,9 +886,7 @@ class Runner:
             return out
         m = Meta(path, orig_len)
         cs = m.cs
-        bad, note = header_diff(orig[:cs], body[:cs], cs)
-        if note:
-            out.append(("FAIL: " if STRICT else "KNOWN: ") + note)
+        bad = header_diff(orig[:cs], body[:cs], cs)
         if bad:
             out.append("FAIL: header cluster changed outside the documented fields at "
                        "bytes %s" % ",".join(map(str, bad[:12])))
@@ -913,16 +915,18 @@ class Runner:
         if outside:
             out.append("FAIL: wrote clusters the image neither referenced nor had free: %s"
                        % ",".join("%#x" % (x * cs) for x in outside[:8]))
-        # KNOWN BUG (KNOWN_OVERWRITE), found by this test on 6.1 and 6.12:
-        # the target wrote guest data over its own metadata when an L2 entry
-        # pointed at a metadata cluster, and freed (and discarded) metadata
-        # clusters when a copy-on-write replaced such an entry.  Fixed for
-        # the header, the L1 and refcount tables, the first snapshot table
-        # cluster and the L2 table being updated; still open for other L2
-        # tables and refcount blocks (no index of them is kept).  Only the
-        # image's own clusters are hit; reported as XFAIL unless
-        # QCOW2_HOSTILE_STRICT=1.
-        pre = "FAIL" if STRICT else "KNOWN"
+        if sig_meta:
+            # A metadata cluster the target stopped using (an L2 table copied
+            # because its L1 entry lacked the copied flag, then freed) may
+            # hold guest data later: only metadata of the final image counts.
+            reused = set(sig_meta) - self.final_meta(path, body, region)
+            if reused:
+                out.append("metadata clusters freed and reused for data: %s"
+                           % ",".join("%#x" % (x * cs) for x in sorted(reused)[:8]))
+                sig_meta = [x for x in sig_meta if x not in reused]
+        # Guest data over metadata, or metadata freed (found by this test:
+        # L2 entries pointing at the header, a table, a refcount block or
+        # another L2 table; the target now keeps an index of its metadata).
         if sig_meta:
             kinds = []
             for x in sig_meta[:8]:
@@ -930,9 +934,9 @@ class Runner:
                      "reftable" if x in m.reftable else
                      "snapshot/L1" if x in m.fixed else "L2/refblock")
                 kinds.append("%#x(%s)" % (x * cs, k))
-            out.append(pre + ": guest data written over metadata clusters: " + ",".join(kinds))
+            out.append("FAIL: guest data written over metadata clusters: " + ",".join(kinds))
         if zeroed:
-            out.append(pre + ": L1/refcount table clusters zeroed: %s"
+            out.append("FAIL: L1/refcount table clusters zeroed: %s"
                        % ",".join("%#x" % (x * cs) for x in zeroed[:8]))
         grown = sum(1 for ci in range(orig_len // cs, region // cs)
                     if any(body[ci * cs:(ci + 1) * cs]))
@@ -945,7 +949,7 @@ class Runner:
         print("# summary: images %(images)d refused %(refused)d mapped %(mapped)d "
               "refused_rw %(refused_rw)d mapped_rw %(mapped_rw)d "
               "read_errors %(read_errors)d write_errors %(write_errors)d "
-              "ratelimited_logs %(ratelimited)d failed %(failed)d known_bugs(xfail) %(xfail)d "
+              "ratelimited_logs %(ratelimited)d failed %(failed)d "
               "generation_failures %(genfail)d" % c)
 
 

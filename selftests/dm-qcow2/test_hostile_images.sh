@@ -55,16 +55,14 @@
 # image, or an L1/refcount table cluster zeroed.  The last line is
 # "# summary: images N refused N mapped N ...".
 #
-# Known open bugs found by this test (see KNOWN_* in qcow2_hostile.py) are
-# reported "ok ... # XFAIL known bug: ..." with their diagnostics:
-#   KNOWN_OVERWRITE   guest data written over the image's L1/refcount table/
-#                     refcount blocks/L2 tables, or L1/refcount table
-#                     clusters freed and discarded, when L2 entries point at
-#                     metadata;
-#   (fixed since: refcount table entry 0 = 0 made the first allocation
-#   zero the header and loop forever; on v2 images the corrupt bit was
-#   written at offset 72, over the first header extension.)
-# QCOW2_HOSTILE_STRICT=1 turns them into failures.
+# A metadata cluster of the original image may hold guest data in the end
+# only if the final image no longer uses it as metadata (an L2 table copied
+# because its L1 entry lacked the copied flag, then freed and reused).
+# Bugs it found, all fixed: refcount table entry 0 = 0 made the first
+# allocation zero the header and loop forever; on v2 images the corrupt bit
+# was written at offset 72, over the first header extension; guest data was
+# written over L2 tables, refcount blocks and snapshot tables that L2
+# entries pointed at.
 # QCOW2_HOSTILE_VERBOSE=1 prints the diagnostics of every image.
 #
 # GEN_ONLY=1 only builds the corpus (no root, no module) and checks that
