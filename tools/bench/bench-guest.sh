@@ -10,7 +10,8 @@
 #   nbd     qemu-nbd --cache=none --aio=native + the kernel nbd client
 #   vduse   qemu-storage-daemon vduse-blk export (cache.direct=on, aio=native)
 # over the image kinds of the brief:
-#   empty       (b) fresh image per write run, every write allocates
+#   empty       (b) fresh image per write run, every write allocates;
+#                   64 KiB clusters with and without extended_l2=on
 #   prealloc    (a) preallocation=metadata, then written fully by qemu-io
 #   overlay     (c) fresh overlay over the (a) image, copy-on-write writes,
 #                   64 KiB clusters with and without extended_l2=on
@@ -474,29 +475,37 @@ kind_prealloc() {
 # the run allocates, there is no steady state to ramp into), at most CAP I/Os
 
 kind_empty() {
-	local wl be cap wls=(rw1 rw32 sw)
+	local wl be cap v opts wls=(rw1 rw32 sw) variants=(64k 64k-extl2)
 	[ "$QUICK" = 1 ] && wls=(rw32)
-	for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
-		backend_ok "$be" && plan empty 64k "$wl" "$be"
-	done; done
-	for wl in "${wls[@]}"; do
-		cap=$CAP_EMPTY_4K
-		[ "$wl" = sw ] && cap=$CAP_EMPTY_1M
-		for be in "${BACKENDS[@]}"; do
-			backend_ok "$be" || continue
-			scratch_reset
-			if [ "$be" != raw ] &&
-			   ! qemu-img create -q -f qcow2 -o cluster_size=65536 "$SCRATCH" "$EMPTY_SIZE"; then
-				failed empty 64k "$wl" "$be" "qemu-img create failed"
-				continue
-			fi
-			if attach "$be" rw "$EMPTY_SIZE" "$SCRATCH"; then
-				point empty 64k "$wl" "$be" "$EMPTY_SIZE" alloc "$cap"
-				detach "$be"
-				[ "$be" = qcow2 ] && CHECK_WHAT="empty/$wl via dm-qcow2" check_image "$SCRATCH"
-			else
-				failed empty 64k "$wl" "$be" "attach failed"
-			fi
+	# raw runs once per workload (with 64k): no image changes what it does
+	for v in "${variants[@]}"; do for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
+		[ "$v" != 64k ] && [ "$be" = raw ] && continue
+		backend_ok "$be" && plan empty "$v" "$wl" "$be"
+	done; done; done
+	for v in "${variants[@]}"; do
+		opts=cluster_size=65536
+		[ "$v" = 64k-extl2 ] && opts+=,extended_l2=on
+		for wl in "${wls[@]}"; do
+			cap=$CAP_EMPTY_4K
+			[ "$wl" = sw ] && cap=$CAP_EMPTY_1M
+			for be in "${BACKENDS[@]}"; do
+				[ "$v" != 64k ] && [ "$be" = raw ] && continue
+				backend_ok "$be" || continue
+				scratch_reset
+				if [ "$be" != raw ] &&
+				   ! qemu-img create -q -f qcow2 -o "$opts" "$SCRATCH" "$EMPTY_SIZE"; then
+					failed empty "$v" "$wl" "$be" "qemu-img create failed"
+					continue
+				fi
+				if attach "$be" rw "$EMPTY_SIZE" "$SCRATCH"; then
+					point empty "$v" "$wl" "$be" "$EMPTY_SIZE" alloc "$cap"
+					detach "$be"
+					[ "$be" = qcow2 ] &&
+						CHECK_WHAT="empty-$v/$wl via dm-qcow2" check_image "$SCRATCH"
+				else
+					failed empty "$v" "$wl" "$be" "attach failed"
+				fi
+			done
 		done
 	done
 	scratch_reset

@@ -37,7 +37,8 @@ def kind_label(kind, variant):
     if kind == "prealloc":
         return "(a) preallocated, fully written"
     if kind == "empty":
-        return "(b) empty, growing (allocating writes)"
+        ext = variant.endswith("extl2")
+        return "(b) empty, growing (allocating writes)%s" % (", extended_l2" if ext else "")
     if kind == "overlay":
         ext = variant.endswith("extl2")
         return "(c) overlay, COW writes, 64k%s" % (" extended_l2" if ext else "")
@@ -162,11 +163,14 @@ def build_rows(points):
             p = by.get((kind, variant, wl, be))
             row["values"][be] = p.get("value") if p else None
         if by.get((kind, variant, wl, "raw")) is None:
-            # raw is measured once per workload, with the (a) image kind
-            p = by.get(("prealloc", "64k", wl, "raw"))
-            if p and p.get("value") is not None:
-                row["values"]["raw"] = p["value"]
-                row["raw_from"] = "prealloc"
+            # raw is measured once per workload, with the (a) image kind, or
+            # once per kind (empty: with the plain 64k variant)
+            for src in ((kind, "64k"), ("prealloc", "64k")):
+                p = by.get(src + (wl, "raw"))
+                if p and p.get("value") is not None:
+                    row["values"]["raw"] = p["value"]
+                    row["raw_from"] = src[0]
+                    break
         q, r, n = (row["values"][b] for b in ("qcow2", "raw", "nbd"))
         row["qcow2_raw"] = q / r if q and r else None
         row["qcow2_nbd"] = q / n if q and n else None
@@ -388,8 +392,8 @@ def main():
     md.append("raw is dm-linear over the scratch device (the same kind of device as the image's): "
               "for (a) over its first 1 GiB, written once before, so that raw reads and overwrites data "
               "as the image does; for (b) over unwritten (discarded) space; for (f) over the %s image's "
-              "device, reading.  † raw measured once per workload, with (a): the image kind does not "
-              "change what raw does." % ssz)
+              "device, reading.  † raw measured once per workload, with (a) (for (b) with extended L2: with "
+              "(b)): the image kind does not change what raw does." % ssz)
     md.append("")
     if have_curve:
         md.append("### (f) dm-qcow2 cache_size curve: %s image, 4k randread QD32" % ssz)
