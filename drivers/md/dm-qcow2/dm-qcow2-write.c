@@ -45,6 +45,8 @@
 #define QCOW2_UPDATE_SLICES	6
 /* A new L2 table of at most this many slices enters the cache zero-filled. */
 #define QCOW2_NEW_L2_SLICES	32
+/* Whole clusters one write allocates at once (<= MAX_LOCKDEP_SUBCLASSES). */
+#define QCOW2_BATCH_MAX		8U
 /* Commit when this many freed ranges wait for their decrement. */
 #define QCOW2_MAX_DEFERRED	4096
 
@@ -1036,6 +1038,39 @@ static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx
 }
 
 /*
+ * Begin an update of L2 entry (@l1_idx, @l2_idx): begin_update, take
+ * meta_lock, make the L2 table writable and get the entry's slice (its
+ * offset in *@slice_off).  Returns the slice with meta_lock held, or an
+ * ERR_PTR with the update ended and the lock dropped.
+ */
+static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1_idx,
+						 u64 l2_idx, u64 *slice_off)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	u32 slice_entries_bits = top->slice_bits - top->qi.l2_entry_shift;
+	struct qcow2_slice *s;
+	s64 l2;
+	int r;
+
+	r = qcow2_begin_update(qt);
+	if (r)
+		return ERR_PTR(r);
+	mutex_lock(&qt->meta_lock);
+	l2 = qcow2_l2_writable(qt, l1_idx);
+	if (l2 < 0) {
+		s = ERR_PTR(l2);
+	} else {
+		*slice_off = l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits);
+		s = qcow2_slice_get(qt->cache, top, *slice_off, false);
+	}
+	if (IS_ERR(s)) {
+		mutex_unlock(&qt->meta_lock);
+		qcow2_end_update(qt);
+	}
+	return s;
+}
+
+/*
  * Write [@off, @off + @len) of guest cluster @guest_cluster from @bio (or
  * zeros if @bio is NULL).  The whole update of one cluster happens under its
  * cluster lock.
@@ -1058,24 +1093,14 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	u32 start, end;
 	const char *err;
 	void *buf = NULL;
-	s64 l2, h;
+	s64 h;
 	int r;
 
 	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx);
-	r = qcow2_begin_update(qt);
-	if (r)
-		goto out;
-	mutex_lock(&qt->meta_lock);
-	l2 = qcow2_l2_writable(qt, l1_idx);
-	if (l2 < 0) {
-		r = l2;
-		goto unlock;
-	}
-	slice_off = l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits);
-	s = qcow2_slice_get(qt->cache, top, slice_off, false);
+	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
 	if (IS_ERR(s)) {
 		r = PTR_ERR(s);
-		goto unlock;
+		goto out;
 	}
 	qcow2_l2_entry_load(qi, qcow2_slice_data(s), l2_idx & ((1U << slice_entries_bits) - 1),
 			    &old);
@@ -1326,6 +1351,179 @@ static struct mutex *qcow2_cluster_lock(struct qcow2_target *qt, u64 guest_clust
 	return &qt->cluster_locks[hash_64(guest_cluster, QCOW2_CLUSTER_LOCK_BITS)];
 }
 
+/* Data writes of a batch: the last one to complete wakes the worker. */
+struct qcow2_batch_io {
+	atomic_t pending;
+	struct completion done;
+	blk_status_t status;
+};
+
+static void qcow2_batch_end_io(struct bio *bio)
+{
+	struct qcow2_batch_io *b = bio->bi_private;
+
+	if (bio->bi_status)
+		WRITE_ONCE(b->status, bio->bi_status);
+	bio_put(bio);
+	if (atomic_dec_and_test(&b->pending))
+		complete(&b->done);
+}
+
+/*
+ * Is the first guest cluster of a batch at byte @gc worth a try: not mapped
+ * to a cluster of its own as far as a look without locks tells?
+ */
+static bool qcow2_batch_worth(struct qcow2_target *qt, u64 gc)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits;
+	u64 l1e = READ_ONCE(top->l1[gc >> (cb + qi->l2_bits)]);
+	u64 l2_idx = (gc >> cb) & ((1ULL << qi->l2_bits) - 1);
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	struct qcow2_l2_entry e;
+	struct qcow2_slice *s;
+	const char *err;
+	s64 l2;
+
+	if (!(l1e & QCOW2_OFLAG_COPIED))
+		return true;
+	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
+	if (l2 <= 0)
+		return true;
+	s = qcow2_slice_get(qt->cache, top,
+			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
+	if (IS_ERR(s))
+		return true;
+	qcow2_l2_entry_load(qi, qcow2_slice_data(s),
+			    l2_idx & ((1U << slice_entries_bits) - 1), &e);
+	qcow2_slice_put(qt->cache, s);
+	return !(e.entry & QCOW2_L2E_OFFSET_MASK);
+}
+
+/*
+ * Write @n (>= 2) whole guest clusters from byte @gc on, taken from @bio at
+ * byte @done: those of them, from the first on and in one L2 slice, that
+ * have no host cluster (unallocated or zero) are allocated together, their
+ * data written in parallel (adjacent host clusters merge into one request)
+ * and mapped in one pass.  Without a batch, a large write would wait for
+ * each cluster in turn.  At most QCOW2_BATCH_MAX clusters: their cluster
+ * locks, taken in index order, fit lockdep's subclasses.  Returns the number
+ * of clusters written, 0 if the one-cluster path must do the first one, or
+ * a negative errno.
+ */
+static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
+			     u64 gc, unsigned int n)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits;
+	u64 l1_idx = gc >> (cb + qi->l2_bits);
+	u64 l2_idx = (gc >> cb) & ((1ULL << qi->l2_bits) - 1);
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	unsigned int first = l2_idx & ((1U << slice_entries_bits) - 1);
+	u64 no_host = qi->extended_l2 || qi->version < 3 ? ~0ULL : ~QCOW2_OFLAG_ZERO;
+	DECLARE_BITMAP(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
+	struct qcow2_batch_io b = { .status = BLK_STS_OK };
+	u64 host[QCOW2_BATCH_MAX];
+	struct qcow2_slice *s, *pre;
+	struct qcow2_l2_entry e;
+	unsigned int i, k, bit, sub = 0;
+	struct blk_plug plug;
+	u64 slice_off;
+	s64 h;
+	int r;
+
+	n = min3(n, QCOW2_BATCH_MAX, (1U << slice_entries_bits) - first);
+	if (n < 2 || !qcow2_batch_worth(qt, gc))
+		return 0;
+	bitmap_zero(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
+	for (i = 0; i < n; i++)
+		__set_bit(hash_64((gc >> cb) + i, QCOW2_CLUSTER_LOCK_BITS), held);
+	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS) {
+		mutex_lock_nested(&qt->cluster_locks[bit], sub);
+		sub++;
+	}
+
+	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx);
+	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
+	if (IS_ERR(s)) {
+		r = PTR_ERR(s);
+		goto out;
+	}
+	/* Nothing to free or fill: no host cluster, whole clusters written. */
+	for (k = 0; k < n; k++) {
+		qcow2_l2_entry_load(qi, qcow2_slice_data(s), first + k, &e);
+		if ((e.entry & no_host) || (qi->extended_l2 && (e.bitmap & QCOW2_L2_BITMAP_ALL_ALLOC)))
+			break;
+	}
+	qcow2_slice_put(qt->cache, s);
+	for (i = 0; i < k; i++) {
+		h = qcow2_alloc_cluster(qt);
+		if (h < 0)
+			break;
+		host[i] = h;
+	}
+	if (i < k || k < 2) {
+		/* The one-cluster path reports what went wrong, if anything. */
+		while (i--)
+			qcow2_refcount_add(qt, host[i] >> cb, -1, NULL);
+		goto unlock;
+	}
+	mutex_unlock(&qt->meta_lock);
+
+	atomic_set(&b.pending, 1);
+	init_completion(&b.done);
+	blk_start_plug(&plug);
+	for (i = 0; i < k; i++) {
+		struct bio *clone = bio_alloc_clone(top->dev->bdev, bio, GFP_NOIO, &qt->write_bs);
+
+		if (!clone) {
+			WRITE_ONCE(b.status, BLK_STS_RESOURCE);
+			break;
+		}
+		bio_trim(clone, (done >> SECTOR_SHIFT) + ((u64)i << (cb - SECTOR_SHIFT)),
+			 1U << (cb - SECTOR_SHIFT));
+		clone->bi_iter.bi_sector = host[i] >> SECTOR_SHIFT;
+		clone->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
+		clone->bi_private = &b;
+		clone->bi_end_io = qcow2_batch_end_io;
+		atomic_inc(&b.pending);
+		submit_bio(clone);
+	}
+	blk_finish_plug(&plug);
+	if (!atomic_dec_and_test(&b.pending))
+		wait_for_completion_io(&b.done);
+	r = blk_status_to_errno(READ_ONCE(b.status));
+
+	mutex_lock(&qt->meta_lock);
+	s = r ? NULL : qcow2_slice_get(qt->cache, top, slice_off, false);
+	if (IS_ERR(s))
+		r = PTR_ERR(s);
+	if (r) {
+		for (i = 0; i < k; i++)
+			qcow2_refcount_add(qt, host[i] >> cb, -1, NULL);
+		goto unlock;
+	}
+	for (i = 0; i < k; i++) {
+		e.entry = host[i] | QCOW2_OFLAG_COPIED;
+		e.bitmap = qi->extended_l2 ? QCOW2_L2_BITMAP_ALL_ALLOC : 0;
+		qcow2_l2_entry_store(qi, qcow2_slice_data(s), first + i, &e);
+	}
+	qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+	qcow2_slice_put(qt->cache, s);
+	r = k;
+unlock:
+	mutex_unlock(&qt->meta_lock);
+	qcow2_end_update(qt);
+out:
+	if (pre)
+		qcow2_slice_put(qt->cache, pre);
+	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS)
+		mutex_unlock(&qt->cluster_locks[bit]);
+	return r;
+}
+
 /*
  * Process a write, discard or write-zeroes bio, one cluster at a time.
  * Returns a block status for the whole bio.
@@ -1350,6 +1548,18 @@ blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
 		u32 len = min(end - guest, cs - off);
 		struct mutex *lock = qcow2_cluster_lock(qt, gc >> cb);
 
+		if (op == REQ_OP_WRITE && !off && end - guest >= 2 * cs) {
+			r = qcow2_write_batch(qt, bio, done, gc,
+					      min_t(u64, (end - guest) >> cb, QCOW2_BATCH_MAX));
+			if (r > 0) {
+				guest += (u64)r << cb;
+				done += (u64)r << cb;
+				r = 0;
+				continue;
+			}
+			if (r)
+				break;
+		}
 		mutex_lock(lock);
 		if (op == REQ_OP_WRITE) {
 			struct bio *piece = bio_alloc_clone(bio->bi_bdev, bio, GFP_NOIO, &qt->bs);
