@@ -28,7 +28,15 @@
 #   DEBUG_TIMEOUT=SEC            the whole VM run (default 21600)
 #   DEBUG_TEST_TIMEOUT=SEC       each test (default 3600; run_tests.sh -t)
 #   DEBUG_BUILD_ONLY=1           stop after building the kernel and module
+#   DEBUG_PLANTED=0              skip the detector self-test (below); =only:
+#                                run only the self-test
 #   DEBUG_LOG=DIR                run-vm.sh logs (default build/check-debug)
+#
+# Before the selftests, a self-test of the detector: three short VM runs
+# that load tools/testing/debug-kernel/planted/dmq_planted.ko and plant a
+# memory leak, a lock inversion and an out-of-bounds read; each run must
+# fail with status 125 (a kernel report), else check-debug fails: a debug
+# kernel whose reports nobody sees proves nothing.
 #
 # Exit status: 0 when everything passed, else non-zero (run-vm.sh's status:
 # 125 for a kernel report, 124 for a timeout, ...).
@@ -159,6 +167,43 @@ make -s -C "$top" KVER="$KREL" KDIR="$KDIR" modules >/dev/null ||
 # Host-built helpers some selftests use (the guest sees the tree read-only).
 make -s -C "$top" qcow2setup >/dev/null || die "qcow2setup build failed"
 make -s -C "$top/tools/testing/log-writes" >/dev/null || die "log-writes build failed"
+
+# The detector self-test: every planted bug must fail its run with 125.
+planted_check()
+{
+	local pdir="$top/build/$KREL-planted" kind rc n=0 bad=0
+
+	rm -rf "$pdir"
+	mkdir -p "$pdir"
+	cp "$top"/tools/testing/debug-kernel/planted/{Makefile,dmq_planted.c} "$pdir"/
+	if ! make -s -C "$KDIR" M="$pdir" modules >"$pdir/build.log" 2>&1; then
+		die "planted module build failed (see $pdir/build.log)"
+	fi
+	for kind in leak lockdep kasan; do
+		n=$((n + 1))
+		tools/testing/vm/run-vm.sh --kver "$KREL" --kernel "$KIMAGE" \
+			--module "$pdir/dmq_planted.ko" --append "kmemleak=on" --mem 1024 \
+			--timeout 900 --log "$logdir-planted-$kind" -- \
+			/bin/sh -c "echo $kind > /sys/module/dmq_planted/parameters/plant" \
+			>"$pdir/$kind.out" 2>&1
+		rc=$?
+		if [ $rc -eq 125 ]; then
+			echo "ok $n - planted $kind: the run failed with a kernel report (125)"
+		else
+			echo "not ok $n - planted $kind: run-vm.sh status $rc, not 125 (logs: $logdir-planted-$kind)"
+			bad=$((bad + 1))
+		fi
+	done
+	[ $bad -eq 0 ] || die "the report detector missed $bad planted bug(s)"
+}
+
+if [ "${DEBUG_PLANTED:-1}" != 0 ]; then
+	say "detector self-test: planting a leak, a lock inversion and an out-of-bounds read"
+	start=$SECONDS
+	planted_check
+	say "detector self-test passed in $((SECONDS - start)) s"
+	[ "${DEBUG_PLANTED}" = only ] && exit 0
+fi
 
 # shellcheck disable=SC2086 # DEBUG_TESTS: one test per word
 set -- ${DEBUG_TESTS:-}
