@@ -1468,6 +1468,7 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 		/* The one-cluster path reports what went wrong, if anything. */
 		while (i--)
 			qcow2_refcount_add(qt, host[i] >> cb, -1, NULL);
+		r = 0;
 		goto unlock;
 	}
 	mutex_unlock(&qt->meta_lock);
