@@ -1015,10 +1015,11 @@ static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64
  * pinned before meta_lock is taken, so that a cache miss does not hold up
  * every other update.  Only for tables of our own (COPIED): those never move
  * while the image is mapped, so the slice stays the right one.  NULL when
- * there is nothing to read ahead; errors are found again under the lock.
+ * there is nothing to read ahead (or, @nowait, the slice is not cached);
+ * errors are found again under the lock.
  */
 static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx,
-					     u64 l2_idx)
+					     u64 l2_idx, bool nowait)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	u64 l1e = READ_ONCE(top->l1[l1_idx]);
@@ -1033,7 +1034,7 @@ static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx
 	if (l2 <= 0)
 		return NULL;
 	s = qcow2_slice_get(qt->cache, top,
-			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), false);
+			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), nowait);
 	return IS_ERR(s) ? NULL : s;
 }
 
@@ -1096,7 +1097,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	s64 h;
 	int r;
 
-	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx);
+	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx, false);
 	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
 	if (IS_ERR(s)) {
 		r = PTR_ERR(s);
@@ -1370,32 +1371,20 @@ static void qcow2_batch_end_io(struct bio *bio)
 }
 
 /*
- * Is the first guest cluster of a batch at byte @gc worth a try: not mapped
- * to a cluster of its own as far as a look without locks tells?
+ * Is the first guest cluster of a batch, entry (@l1_idx, @l2_idx), worth a
+ * try: not mapped to a cluster of its own as far as a look at the cache
+ * without locks tells?
  */
-static bool qcow2_batch_worth(struct qcow2_target *qt, u64 gc)
+static bool qcow2_batch_worth(struct qcow2_target *qt, u64 l1_idx, u64 l2_idx)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
-	const struct qcow2_info *qi = &top->qi;
-	u32 cb = qi->cluster_bits;
-	u64 l1e = READ_ONCE(top->l1[gc >> (cb + qi->l2_bits)]);
-	u64 l2_idx = (gc >> cb) & ((1ULL << qi->l2_bits) - 1);
-	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	u32 slice_entries_bits = top->slice_bits - top->qi.l2_entry_shift;
+	struct qcow2_slice *s = qcow2_l2_prefetch(qt, l1_idx, l2_idx, true);
 	struct qcow2_l2_entry e;
-	struct qcow2_slice *s;
-	const char *err;
-	s64 l2;
 
-	if (!(l1e & QCOW2_OFLAG_COPIED))
+	if (!s)
 		return true;
-	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
-	if (l2 <= 0)
-		return true;
-	s = qcow2_slice_get(qt->cache, top,
-			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
-	if (IS_ERR(s))
-		return true;
-	qcow2_l2_entry_load(qi, qcow2_slice_data(s),
+	qcow2_l2_entry_load(&top->qi, qcow2_slice_data(s),
 			    l2_idx & ((1U << slice_entries_bits) - 1), &e);
 	qcow2_slice_put(qt->cache, s);
 	return !(e.entry & QCOW2_L2E_OFFSET_MASK);
@@ -1435,7 +1424,7 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	int r;
 
 	n = min3(n, QCOW2_BATCH_MAX, (1U << slice_entries_bits) - first);
-	if (n < 2 || !qcow2_batch_worth(qt, gc))
+	if (n < 2 || !qcow2_batch_worth(qt, l1_idx, l2_idx))
 		return 0;
 	bitmap_zero(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
 	for (i = 0; i < n; i++)
@@ -1445,7 +1434,7 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 		sub++;
 	}
 
-	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx);
+	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx, false);
 	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
 	if (IS_ERR(s)) {
 		r = PTR_ERR(s);
