@@ -202,7 +202,7 @@ if [ "${DEBUG_PLANTED:-1}" != 0 ]; then
 	start=$SECONDS
 	planted_check
 	say "detector self-test passed in $((SECONDS - start)) s"
-	[ "${DEBUG_PLANTED}" = only ] && exit 0
+	[ "${DEBUG_PLANTED:-1}" = only ] && exit 0
 fi
 
 # shellcheck disable=SC2086 # DEBUG_TESTS: one test per word
