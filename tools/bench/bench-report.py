@@ -118,6 +118,21 @@ def key(p):
     return (p["kind"], p["variant"], p["workload"], p["backend"])
 
 
+def median(vals):
+    vals = sorted(vals)
+    if not vals:
+        return None
+    m = len(vals) // 2
+    return vals[m] if len(vals) % 2 else (vals[m - 1] + vals[m]) / 2
+
+
+def pair_ratios(qps, rps):
+    """qcow2:raw of each repetition that has both numbers (same rep)."""
+    raw = {p.get("rep", 1): p["value"] for p in rps if p.get("value")}
+    return [p["value"] / raw[p.get("rep", 1)] for p in qps
+            if p.get("value") and p.get("rep", 1) in raw]
+
+
 def counters(p):
     """dm-qcow2 cache counters during the point (after minus before)."""
     a, b = p.get("status_after"), p.get("status_before")
@@ -135,7 +150,10 @@ def counters(p):
 
 
 def build_rows(points):
-    by = {key(p): p for p in points}
+    by = {key(p): p for p in points}		# the last run of a point
+    runs = {}				# every run (BENCH_REPEAT)
+    for p in points:
+        runs.setdefault(key(p), []).append(p)
     groups = {}
     for p in points:
         groups.setdefault((p["kind"], p["variant"], p["workload"]), True)
@@ -159,20 +177,30 @@ def build_rows(points):
                "label": kind_label(kind, variant), "workload_label": WORKLOADS.get(wl, wl),
                "unit": "MiB/s" if wl in ("sr", "sw") else "IOPS", "values": {},
                "raw_from": None}
+        row["runs"] = {}
         for be in BACKENDS:
-            p = by.get((kind, variant, wl, be))
-            row["values"][be] = p.get("value") if p else None
+            vals = [p["value"] for p in runs.get((kind, variant, wl, be), [])
+                    if p.get("value") is not None]
+            row["values"][be] = median(vals)
+            row["runs"][be] = vals
         if by.get((kind, variant, wl, "raw")) is None:
             # raw is measured once per workload, with the (a) image kind, or
             # once per kind (empty: with the plain 64k variant)
             for src in ((kind, "64k"), ("prealloc", "64k")):
-                p = by.get(src + (wl, "raw"))
-                if p and p.get("value") is not None:
-                    row["values"]["raw"] = p["value"]
+                v = median([p["value"] for p in runs.get(src + (wl, "raw"), [])
+                            if p.get("value") is not None])
+                if v is not None:
+                    row["values"]["raw"] = v
                     row["raw_from"] = src[0]
                     break
         q, r, n = (row["values"][b] for b in ("qcow2", "raw", "nbd"))
         row["qcow2_raw"] = q / r if q and r else None
+        # Repeated points: the median of the pairs' ratios and their spread.
+        pr = pair_ratios(runs.get((kind, variant, wl, "qcow2"), []),
+                         runs.get((kind, variant, wl, "raw"), []))
+        row["qcow2_raw_pairs"] = pr if len(pr) > 1 else None
+        if len(pr) > 1:
+            row["qcow2_raw"] = median(pr)
         row["qcow2_nbd"] = q / n if q and n else None
         qp = by.get((kind, variant, wl, "qcow2"))
         row["qcow2_counters"] = counters(qp) if qp else None
@@ -387,8 +415,17 @@ def main():
             " †" if r["raw_from"] else "", fmt_val(v["qcow2"], r["unit"]),
             fmt_val(v["nbd"], r["unit"]) if meta.get("have_nbd", 1) else "skipped",
             fmt_val(v["vduse"], r["unit"]) if meta.get("have_vduse", 1) else "skipped",
-            fmt_ratio(r["qcow2_raw"]), fmt_ratio(r["qcow2_nbd"])))
+            fmt_ratio(r["qcow2_raw"]) + (" (%s-%s, %d runs)" % (
+                fmt_ratio(min(r["qcow2_raw_pairs"])), fmt_ratio(max(r["qcow2_raw_pairs"])),
+                len(r["qcow2_raw_pairs"])) if r["qcow2_raw_pairs"] else ""),
+            fmt_ratio(r["qcow2_nbd"])))
     md.append("")
+    if any(r["qcow2_raw_pairs"] for r in rows):
+        md.append("Where a ratio shows a range, raw and dm-qcow2 ran %s times each, alternating "
+                  "(BENCH_REPEAT): the values are medians, the ratio is the median of the "
+                  "ratios of each raw/dm-qcow2 pair, the range their lowest and highest; "
+                  "dm-qcow2:qemu-nbd uses the median." % meta.get("repeat", "?"))
+        md.append("")
     md.append("raw is dm-linear over the scratch device (the same kind of device as the image's): "
               "for (a) over its first 1 GiB, written once before, so that raw reads and overwrites data "
               "as the image does; for (b) over unwritten (discarded) space; for (f) over the %s image's "
