@@ -2,12 +2,12 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # test_write_batch.sh - large writes over clusters that have no host
-# cluster yet, which the target allocates, writes and maps up to 8 at a time
+# cluster yet, which the target allocates, writes and maps up to 16 at a time
 # (qcow2_write_batch in dm-qcow2-write.c).
 #
 # Each case prepares an image with QEMU so that a batch must stop early: an
 # allocated cluster, a zero cluster, a partly allocated cluster (extended
-# L2), a backing file below, an L2 slice boundary, 4 KiB clusters (32
+# L2), a backing file below, an L2 slice boundary, 4 KiB clusters (16
 # batches per 1 MiB write), a version 2 image.  Then it writes, through the
 # mapped device with O_DIRECT, aligned and unaligned runs of 1 MiB and less,
 # the same to a raw reference, and requires `qemu-img check` to be clean

@@ -45,8 +45,8 @@
 #define QCOW2_UPDATE_SLICES	6
 /* A new L2 table of at most this many slices enters the cache zero-filled. */
 #define QCOW2_NEW_L2_SLICES	32
-/* Whole clusters one write allocates at once (<= MAX_LOCKDEP_SUBCLASSES). */
-#define QCOW2_BATCH_MAX		8U
+/* Whole clusters one write allocates at once (1 MiB of 64 KiB clusters). */
+#define QCOW2_BATCH_MAX		16U
 /* Commit when this many freed ranges wait for their decrement. */
 #define QCOW2_MAX_DEFERRED	4096
 
@@ -1396,8 +1396,8 @@ static bool qcow2_batch_worth(struct qcow2_target *qt, u64 l1_idx, u64 l2_idx)
  * have no host cluster (unallocated or zero) are allocated together, their
  * data written in parallel (adjacent host clusters merge into one request)
  * and mapped in one pass.  Without a batch, a large write would wait for
- * each cluster in turn.  At most QCOW2_BATCH_MAX clusters: their cluster
- * locks, taken in index order, fit lockdep's subclasses.  Returns the number
+ * each cluster in turn.  At most QCOW2_BATCH_MAX clusters, whose cluster
+ * locks are taken in index order under batch_lock.  Returns the number
  * of clusters written, 0 if the one-cluster path must do the first one, or
  * a negative errno.
  */
@@ -1417,7 +1417,7 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	u64 host[QCOW2_BATCH_MAX];
 	struct qcow2_slice *s, *pre;
 	struct qcow2_l2_entry e;
-	unsigned int i, k, bit, sub = 0;
+	unsigned int i, k, bit;
 	struct blk_plug plug;
 	u64 slice_off;
 	s64 h;
@@ -1429,10 +1429,15 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	bitmap_zero(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
 	for (i = 0; i < n; i++)
 		__set_bit(hash_64((gc >> cb) + i, QCOW2_CLUSTER_LOCK_BITS), held);
-	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS) {
-		mutex_lock_nested(&qt->cluster_locks[bit], sub);
-		sub++;
-	}
+	/*
+	 * Index order is what rules out deadlock between batches; batch_lock
+	 * only tells lockdep that these locks of one class are taken together
+	 * (it is held while they are taken, not while they are held).
+	 */
+	mutex_lock(&qt->batch_lock);
+	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS)
+		mutex_lock_nest_lock(&qt->cluster_locks[bit], &qt->batch_lock);
+	mutex_unlock(&qt->batch_lock);
 
 	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx, false);
 	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
