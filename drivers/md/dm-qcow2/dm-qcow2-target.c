@@ -647,7 +647,6 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	mutex_init(&qt->commit_mutex);
 	for (k = 0; k < ARRAY_SIZE(qt->cluster_locks); k++)
 		mutex_init(&qt->cluster_locks[k]);
-	mutex_init(&qt->batch_lock);
 	INIT_LIST_HEAD(&qt->deferred);
 	xa_init(&qt->meta_index);
 	init_waitqueue_head(&qt->inflight_wait);

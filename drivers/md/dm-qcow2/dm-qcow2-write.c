@@ -1396,10 +1396,9 @@ static bool qcow2_batch_worth(struct qcow2_target *qt, u64 l1_idx, u64 l2_idx)
  * have no host cluster (unallocated or zero) are allocated together, their
  * data written in parallel (adjacent host clusters merge into one request)
  * and mapped in one pass.  Without a batch, a large write would wait for
- * each cluster in turn.  At most QCOW2_BATCH_MAX clusters, whose cluster
- * locks are taken in index order under batch_lock.  Returns the number
- * of clusters written, 0 if the one-cluster path must do the first one, or
- * a negative errno.
+ * each cluster in turn.  At most QCOW2_BATCH_MAX clusters.  Returns the
+ * number of clusters written, 0 if the one-cluster path must do the first
+ * one, or a negative errno.
  */
 static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 			     u64 gc, unsigned int n)
@@ -1426,18 +1425,30 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	n = min3(n, QCOW2_BATCH_MAX, (1U << slice_entries_bits) - first);
 	if (n < 2 || !qcow2_batch_worth(qt, l1_idx, l2_idx))
 		return 0;
-	bitmap_zero(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
-	for (i = 0; i < n; i++)
-		__set_bit(hash_64((gc >> cb) + i, QCOW2_CLUSTER_LOCK_BITS), held);
 	/*
-	 * Index order is what rules out deadlock between batches; batch_lock
-	 * only tells lockdep that these locks of one class are taken together
-	 * (it is held while they are taken, not while they are held).
+	 * The first cluster's lock is waited for, as by the one-cluster path;
+	 * the others are only tried, so that a batch never waits while holding
+	 * a cluster lock (no lock order needed, no deadlock between batches):
+	 * it ends before the first cluster whose lock is held elsewhere.
 	 */
-	mutex_lock(&qt->batch_lock);
-	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS)
-		mutex_lock_nest_lock(&qt->cluster_locks[bit], &qt->batch_lock);
-	mutex_unlock(&qt->batch_lock);
+	bitmap_zero(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
+	bit = hash_64(gc >> cb, QCOW2_CLUSTER_LOCK_BITS);
+	mutex_lock(&qt->cluster_locks[bit]);
+	__set_bit(bit, held);
+	for (i = 1; i < n; i++) {
+		bit = hash_64((gc >> cb) + i, QCOW2_CLUSTER_LOCK_BITS);
+		if (test_bit(bit, held))
+			continue;
+		if (!mutex_trylock(&qt->cluster_locks[bit]))
+			break;
+		__set_bit(bit, held);
+	}
+	n = i;
+	if (n < 2) {
+		r = 0;
+		pre = NULL;
+		goto out;
+	}
 
 	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx, false);
 	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);

@@ -108,7 +108,6 @@ struct qcow2_target {
 	bool dirty_bit;			/* we set the image's dirty bit */
 	bool suspended;			/* postsuspend ran: resume re-reads the image */
 	struct mutex cluster_locks[1 << QCOW2_CLUSTER_LOCK_BITS];
-	struct mutex batch_lock;	/* taking several cluster locks */
 	struct xarray meta_index;	/* host cluster -> QCOW2_META_* */
 	u64 *reftable;			/* refcount table, CPU order */
 	u64 reftable_entries;
