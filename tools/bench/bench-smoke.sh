@@ -20,6 +20,7 @@ rc=$?
 
 if [ ! -r "$out/results.json" ]; then
 	echo "bench-smoke: FAIL: no $out/results.json (bench.sh status $rc)"
+	echo "bench-smoke: 0 passed, 1 failed"
 	exit $((rc ? rc : 1))
 fi
 
@@ -54,11 +55,14 @@ print("bench-smoke: %d planned points, %d with a number, %d open-cost rows" % (
     len(r["plan"]), len(r["plan"]) - sum(1 for b in bad if "/" in b.split(":")[0]), len(r["open"])))
 for b in bad:
     print("bench-smoke: FAIL: %s" % b)
+# The closing line make check counts: each planned point and open-cost row.
+print("bench-smoke: %d passed, %d failed" % (max(0, len(r["plan"]) + len(r["open"]) - len(bad)), len(bad)))
 sys.exit(1 if bad else 0)
 EOF
 prc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
 	echo "bench-smoke: FAIL: the VM run failed (status $rc)"
+	echo "bench-smoke: 0 passed, 1 failed"
 	exit "$rc"
 fi
 [ "$prc" -eq 0 ] && echo "bench-smoke: PASS ($out)"

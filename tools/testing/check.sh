@@ -54,6 +54,9 @@ run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 # (KASAN, lockdep, kmemleak, fault injection), about 10 minutes, when
 # `make check-debug` has built and cached that kernel; skipped otherwise
 # (the build takes about half an hour).  The whole suite: make check-debug.
+# make bench in QUICK mode as a smoke test: every planned point must get a
+# number; no assertion on any timing or ratio (about 9 minutes).
+run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 run_part "write paths on the debug kernel" env DEBUG_CACHED_ONLY=1 DEBUG_TIMEOUT=2400 \
 	DEBUG_TESTS="${CHECK_DEBUG_TESTS:-test_write_diff.sh test_write_batch.sh test_write_enospc.sh test_fault_inject.sh test_write_corrupt.sh}" \
 	tools/testing/check-debug.sh
