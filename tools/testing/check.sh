@@ -50,13 +50,13 @@ run_part "log-writes replay tool" make -s -C tools/testing/log-writes test
 run_part "boot from a qcow2 root image (initramfs hook)" tools/testing/check-boot.sh "${@: -1}"
 run_part "boot Debian 12 with systemd: /etc/qcow2tab images opened and closed" tools/testing/check-systemd-boot.sh "${@: -1}"
 run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
+# make bench in QUICK mode as a smoke test: every planned point must get a
+# number; no assertion on any timing or ratio (about 5 minutes).
+run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 # The detector self-test and the write-path tests on the debug kernel
-# (KASAN, lockdep, kmemleak, fault injection), about 10 minutes, when
+# (KASAN, lockdep, kmemleak, fault injection), about 11 minutes idle, when
 # `make check-debug` has built and cached that kernel; skipped otherwise
 # (the build takes about half an hour).  The whole suite: make check-debug.
-# make bench in QUICK mode as a smoke test: every planned point must get a
-# number; no assertion on any timing or ratio (about 9 minutes).
-run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 run_part "write paths on the debug kernel" env DEBUG_CACHED_ONLY=1 DEBUG_TIMEOUT=2400 \
 	DEBUG_TESTS="${CHECK_DEBUG_TESTS:-test_write_diff.sh test_write_batch.sh test_write_enospc.sh test_fault_inject.sh test_write_corrupt.sh}" \
 	tools/testing/check-debug.sh
