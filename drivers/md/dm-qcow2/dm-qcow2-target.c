@@ -735,11 +735,12 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 
 	/*
 	 * Two sets: a write piece is held while its data is written through a
-	 * second clone, which must not wait for the pool the piece came from.
+	 * second clone (or a zero-filled copy of its pages), which must not
+	 * wait for the pool the piece came from.
 	 */
 	r = bioset_init(&qt->bs, BIO_POOL_SIZE, 0, 0);
 	if (!r)
-		r = bioset_init(&qt->write_bs, BIO_POOL_SIZE, 0, 0);
+		r = bioset_init(&qt->write_bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS);
 	if (r) {
 		ti->error = "Cannot allocate bio set";
 		goto bad;

@@ -47,6 +47,8 @@
 #define QCOW2_NEW_L2_SLICES	32
 /* Whole clusters one write allocates at once (1 MiB of 64 KiB clusters). */
 #define QCOW2_BATCH_MAX		16U
+/* A fill around written data of at most this size goes in the data write. */
+#define QCOW2_FILL_INLINE	(64U << 10)
 /* Commit when this many freed ranges wait for their decrement. */
 #define QCOW2_MAX_DEFERRED	4096
 
@@ -974,11 +976,52 @@ static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_en
 }
 
 /*
+ * One write of [@start, @end) at byte @host of the top device: zero pages
+ * around @bio's data, which goes at @off.  NULL if that takes more segments
+ * than a bio holds.
+ */
+static struct bio *qcow2_zero_filled_bio(struct qcow2_target *qt, struct bio *bio,
+					 u64 host, u32 start, u32 end, u32 off, u32 len)
+{
+	unsigned int nr = DIV_ROUND_UP(off - start, PAGE_SIZE) +
+			  DIV_ROUND_UP(end - off - len, PAGE_SIZE) + bio_segments(bio);
+	struct bvec_iter iter;
+	struct bio_vec bv;
+	struct bio *b;
+	u32 p, n;
+
+	if (nr > BIO_MAX_VECS)
+		return NULL;
+	b = bio_alloc_bioset(qcow2_top(qt)->dev->bdev, nr,
+			     REQ_OP_WRITE | (bio->bi_opf & REQ_SYNC), GFP_NOIO,
+			     &qt->write_bs);
+	if (!b)
+		return NULL;
+	bio_clone_blkg_association(b, bio);
+	b->bi_ioprio = bio->bi_ioprio;
+	b->bi_iter.bi_sector = (host + start) >> SECTOR_SHIFT;
+	for (p = start; p < off; p += n) {
+		n = min_t(u32, PAGE_SIZE, off - p);
+		__bio_add_page(b, ZERO_PAGE(0), n, 0);
+	}
+	bio_for_each_segment(bv, bio, iter)
+		__bio_add_page(b, bv.bv_page, bv.bv_len, bv.bv_offset);
+	for (p = off + len; p < end; p += n) {
+		n = min_t(u32, PAGE_SIZE, end - p);
+		__bio_add_page(b, ZERO_PAGE(0), n, 0);
+	}
+	return b;
+}
+
+/*
  * Write @bio at byte @host + @off of the top device and zeros around it in
- * [@host + @start, @host + @end): write-zeroes where the device does it
- * cheaply, zero pages otherwise; no bounce buffer, no copy of the data.  All
- * of it is submitted at once and waited for once.  -EOPNOTSUPP: the device
- * refused to zero, fill through a buffer instead.
+ * [@host + @start, @host + @end), with no bounce buffer and no copy of the
+ * data.  Up to QCOW2_FILL_INLINE, the zeros go along with the data in one
+ * write of zero pages: one request rather than three, and write-zeroes is
+ * not cheap everywhere (QEMU writes real zeros for it on a tmpfs file).
+ * Larger fills use write-zeroes where the device has it (zero pages
+ * otherwise), submitted with the data and waited for once.  -EOPNOTSUPP:
+ * the device refused to zero, fill through a buffer instead.
  */
 static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64 host,
 				   u32 start, u32 end, u32 off, u32 len)
@@ -987,6 +1030,14 @@ static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64
 	struct bio *zeros = NULL, *clone;
 	int r = 0, w;
 
+	if (end - start <= QCOW2_FILL_INLINE) {
+		clone = qcow2_zero_filled_bio(qt, bio, host, start, end, off, len);
+		if (clone) {
+			r = submit_bio_wait(clone);
+			bio_put(clone);
+			return r;
+		}
+	}
 	clone = bio_alloc_clone(bdev, bio, GFP_NOIO, &qt->write_bs);
 	if (!clone)
 		return -ENOMEM;
