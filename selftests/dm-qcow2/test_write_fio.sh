@@ -12,6 +12,9 @@
 #      and a fifth trimming it, concurrently (no verify: the jobs overwrite
 #      each other), then one sequential write pass over the region with
 #      verify, which proves the mapping is consistent afterwards;
+#   d) four jobs writing interleaved 4k blocks of the same fresh clusters
+#      (concurrent allocations of one cluster), verify, and QEMU must read
+#      the region as we do;
 #   c) as a), with `cache_size 65536` (16 slices for 32 L2 slices and the
 #      refcount blocks: constant eviction and writeback) and regions
 #      covering the whole disk.
@@ -36,7 +39,7 @@ SEED=$(_wseed)
 echo "# image of $VS bytes on $DISK ($DISK_SIZE bytes), fio seed $SEED"
 
 ktap_header
-ktap_plan 6
+ktap_plan 7
 
 # _fio NAME JOBFILE   run fio; fails on a non-zero exit or any error report
 _fio()
@@ -181,6 +184,56 @@ _result "b) 4 overlapping writers + trim, then a verified sequential pass" $rc
 rc=0
 _unmap_check || rc=1
 _result "b) qemu-img check exit 0" $rc
+
+# --- d) ---------------------------------------------------------------------
+# Four jobs write interleaved 4k blocks (job i: blocks i, i + 4, ...) of the
+# same fresh clusters, so that writes allocate one cluster at the same time:
+# in map() or by a worker that waits for the cluster lock.  A cluster
+# allocated twice, or an entry stored before its data, loses blocks: fio
+# reads every block back, and QEMU's view of the region must equal ours.
+t0=${EPOCHREALTIME//[.,]/}
+rc=0
+_map || rc=1
+D_MB=160
+cat >"$WORK/d.fio" <<EOF
+[global]
+filename=$MAP_DEV
+ioengine=libaio
+iodepth=16
+direct=1
+bs=4k
+rw=write:12k
+size=$((8 * M))
+verify=crc32c
+do_verify=1
+verify_fatal=1
+verify_dump=0
+EOF
+for i in 0 1 2 3; do
+	printf '[il%d]\noffset=%d\n' "$i" $((D_MB * M + i * 4096)) >>"$WORK/d.fio"
+done
+[ $rc -eq 0 ] && { _fio d-interleaved "$WORK/d.fio" || rc=1; }
+[ $rc -eq 0 ] && { dd if="$MAP_DEV" of="$WORK/d.dm" bs=1M skip=$D_MB count=8 iflag=direct \
+	status=none || rc=1; }
+_check_wstatus "$DM" rw || rc=1
+_qdiag "status: $WS_LINE ($(_elapsed "$t0") s)"
+_unmap_check || rc=1
+if [ $rc -eq 0 ]; then
+	# (qemu-img dd cuts the input to count before it skips)
+	qemu-img dd -f qcow2 -O raw bs=8M skip=$((D_MB / 8)) count=$((D_MB / 8 + 1)) \
+		if="$DISK" of="$WORK/d.qemu" ||
+		{ _qdiag "qemu-img dd failed"; rc=1; }
+fi
+if [ $rc -eq 0 ] && ! cmp -s "$WORK/d.dm" "$WORK/d.qemu"; then
+	_qdiag "QEMU reads the interleaved region differently: $(cmp "$WORK/d.dm" "$WORK/d.qemu" | head -1)"
+	rc=1
+fi
+if [ $rc -eq 0 ] && cmp -s -n 4096 "$WORK/d.dm" /dev/zero; then
+	_qdiag "the region's first block reads as zeros: fio wrote nothing there"
+	rc=1
+fi
+rm -f "$WORK/d.dm" "$WORK/d.qemu"
+_result "d) 4 jobs, interleaved 4k blocks of shared fresh clusters: verify; QEMU reads the same; qemu-img check exit 0" $rc
 
 # --- c) ---------------------------------------------------------------------
 t0=${EPOCHREALTIME//[.,]/}
