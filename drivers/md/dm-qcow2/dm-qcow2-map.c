@@ -9,9 +9,10 @@
  *
  * map() resolves the first run from cached metadata without sleeping: data
  * is remapped in place (dm_accept_partial_bio() hands the rest of the bio
- * back to dm core), zeros are filled in.  Anything that needs metadata I/O or
- * decompression goes to a worker, which resolves every run of the bio,
- * chaining one clone per run to the original.
+ * back to dm core), zeros are filled in, and a write into a cluster that has
+ * no data yet may allocate it there (qcow2_alloc_in_map()).  Anything that
+ * needs metadata I/O or decompression goes to a worker, which resolves every
+ * run of the bio, chaining one clone per run to the original.
  */
 #include <linux/bio.h>
 #include <linux/highmem.h>
@@ -562,9 +563,13 @@ static int qcow2_map_write(struct qcow2_target *qt, struct bio *bio)
 	if (READ_ONCE(qt->mode) != QCOW2_MODE_RW)
 		return qcow2_kill(qt, bio);
 	/* FUA needs the mapping durable too: the worker commits after it. */
-	if (bio_op(bio) != REQ_OP_WRITE || (bio->bi_opf & REQ_FUA) ||
-	    !qcow2_write_in_place(qt, guest, len, &host, &run)) {
+	if (bio_op(bio) != REQ_OP_WRITE || (bio->bi_opf & REQ_FUA)) {
 		qcow2_defer(qt, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	if (!qcow2_write_in_place(qt, guest, len, &host, &run)) {
+		if (!qcow2_alloc_in_map(qt, bio))
+			qcow2_defer(qt, bio);
 		return DM_MAPIO_SUBMITTED;
 	}
 	if (run < len)

@@ -645,8 +645,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	mutex_init(&qt->meta_lock);
 	init_rwsem(&qt->update_sem);
 	mutex_init(&qt->commit_mutex);
-	for (k = 0; k < ARRAY_SIZE(qt->cluster_locks); k++)
-		mutex_init(&qt->cluster_locks[k]);
+	init_waitqueue_head(&qt->fast_wait);
 	INIT_LIST_HEAD(&qt->deferred);
 	xa_init(&qt->meta_index);
 	init_waitqueue_head(&qt->inflight_wait);

@@ -24,11 +24,14 @@
  * L1 entry.  One commit serves every flush that arrived before it started
  * (group commit).
  *
- * Locking: a guest cluster is modified under its cluster lock (hashed
- * mutexes); metadata state (tables, cache contents, allocator) under
+ * Locking: a guest cluster is modified under its cluster lock (hashed bit
+ * locks); metadata state (tables, cache contents, allocator) under
  * meta_lock, never held across data I/O; updates hold update_sem for read
  * from their first metadata change to their last, and a commit holds it for
- * write, so it never sees a cluster allocated but not yet mapped.
+ * write, so it never sees a cluster allocated but not yet mapped.  A write
+ * that allocates in map() (qcow2_alloc_in_map()) only tries its locks and
+ * counts itself in fast_updates instead of update_sem, until its data write
+ * completes and stores its L2 entry; commits wait for that count too.
  */
 #include <linux/blkdev.h>
 #include <linux/hash.h>
@@ -226,7 +229,7 @@ bool qcow2_is_metadata(struct qcow2_target *qt, u64 c)
  * the entry index in *@idx, or a negative errno.
  */
 static int qcow2_refcount_slice(struct qcow2_target *qt, u64 cluster,
-				struct qcow2_slice **sp, u64 *idx)
+				struct qcow2_slice **sp, u64 *idx, bool nowait)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	const struct qcow2_info *qi = &top->qi;
@@ -253,7 +256,7 @@ static int qcow2_refcount_slice(struct qcow2_target *qt, u64 cluster,
 	}
 	byte = (entry << qi->refcount_order) >> 3;
 	s = qcow2_slice_get(qt->cache, top, rb + (byte & ~((1ULL << top->slice_bits) - 1)),
-			    false);
+			    nowait);
 	if (IS_ERR(s))
 		return PTR_ERR(s);
 	*sp = s;
@@ -272,7 +275,7 @@ static int qcow2_refcount_add(struct qcow2_target *qt, u64 cluster, s64 delta,
 	u64 idx, v;
 	int r;
 
-	r = qcow2_refcount_slice(qt, cluster, &s, &idx);
+	r = qcow2_refcount_slice(qt, cluster, &s, &idx, false);
 	if (r) {
 		if (r == 1)
 			qcow2_corrupt(qt, "reference to a cluster without refcount block");
@@ -461,8 +464,12 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 	return 0;
 }
 
-/* Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock. */
-static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
+/*
+ * Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock.
+ * With @nowait, -EWOULDBLOCK rather than a metadata read, a new refcount
+ * block or reporting a full device.
+ */
+static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	const struct qcow2_info *qi = &top->qi;
@@ -473,9 +480,11 @@ static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
 	int r;
 
 	while (c < nr) {
-		r = qcow2_refcount_slice(qt, c, &s, &idx);
+		r = qcow2_refcount_slice(qt, c, &s, &idx, nowait);
 		if (r < 0)
 			return r;
+		if (r == 1 && nowait)
+			return -EWOULDBLOCK;
 		if (r == 1) {
 			r = qcow2_new_refblock(qt, c >> qt->rb_bits);
 			if (r == -ENOSPC)
@@ -502,12 +511,19 @@ static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
 		}
 		qcow2_slice_put(qt->cache, s);
 	}
+	if (nowait)
+		return -EWOULDBLOCK;	/* the worker reports it */
 	qt->free_hint = nr;
 	if (!test_and_set_bit(QCOW2_FLAG_NOSPACE, &qt->flags)) {
 		DMWARN("%s: image device is full", qcow2_dev_name(qt));
 		dm_table_event(qt->ti->table);
 	}
 	return -ENOSPC;
+}
+
+static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
+{
+	return __qcow2_alloc_cluster(qt, false);
 }
 
 /*
@@ -630,6 +646,24 @@ static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
  * file).  Returns 0 or the error that failed the commit; a failed commit
  * switches the device to fail mode, since on-disk metadata is then unknown.
  */
+/*
+ * Exclude every update: those of workers (update_sem) and the allocations
+ * made in map(), counted in fast_updates until their entry is stored.
+ */
+static void qcow2_updates_lock(struct qcow2_target *qt)
+{
+	down_write(&qt->update_sem);
+	WRITE_ONCE(qt->fast_blocked, true);
+	smp_mb();	/* pairs with qcow2_alloc_in_map() */
+	wait_event(qt->fast_wait, !atomic_read(&qt->fast_updates));
+}
+
+static void qcow2_updates_unlock(struct qcow2_target *qt)
+{
+	WRITE_ONCE(qt->fast_blocked, false);
+	up_write(&qt->update_sem);
+}
+
 static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
@@ -638,7 +672,7 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	bool wrote = false;
 	int r = 0;
 
-	down_write(&qt->update_sem);
+	qcow2_updates_lock(qt);
 	if (refcounts)
 		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 	/* Also makes the data of every completed write durable. */
@@ -666,7 +700,7 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 		r = blkdev_issue_flush(bdev);
 	if (!r)
 		qcow2_take_deferred(qt, &freed);
-	up_write(&qt->update_sem);
+	qcow2_updates_unlock(qt);
 	if (!r)
 		r = qcow2_apply_deferred(qt, &freed);
 	/*
@@ -677,11 +711,11 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	 * commit.
 	 */
 	if (r > 0 && refcounts) {
-		down_write(&qt->update_sem);
+		qcow2_updates_lock(qt);
 		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 		if (r >= 0)
 			r = blkdev_issue_flush(bdev);
-		up_write(&qt->update_sem);
+		qcow2_updates_unlock(qt);
 	}
 	if (r > 0)
 		r = 0;
@@ -757,6 +791,35 @@ int qcow2_commit_clean(struct qcow2_target *qt)
 		r = qcow2_set_dirty_bit(qt, false);
 	mutex_unlock(&qt->commit_mutex);
 	return r;
+}
+
+/* ----------------------------------------------------------------------- */
+/* Cluster locks                                                           */
+
+/*
+ * A guest cluster is modified under its cluster lock: a bit of a hashed
+ * array, taken by workers (waiting) and by map() (trying), and released by
+ * either or, for an allocation made in map(), by the completion of its data
+ * write in whatever context that runs.
+ */
+static unsigned int qcow2_cluster_bit(u64 guest_cluster)
+{
+	return hash_64(guest_cluster, QCOW2_CLUSTER_LOCK_BITS);
+}
+
+static void qcow2_cluster_lock(struct qcow2_target *qt, unsigned int bit)
+{
+	wait_on_bit_lock(qt->cluster_locks, bit, TASK_UNINTERRUPTIBLE);
+}
+
+static bool qcow2_cluster_trylock(struct qcow2_target *qt, unsigned int bit)
+{
+	return !test_and_set_bit_lock(bit, qt->cluster_locks);
+}
+
+static void qcow2_cluster_unlock(struct qcow2_target *qt, unsigned int bit)
+{
+	clear_and_wake_up_bit(bit, qt->cluster_locks);
 }
 
 /* ----------------------------------------------------------------------- */
@@ -977,15 +1040,16 @@ static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_en
 
 /*
  * One write of [@start, @end) at byte @host of the top device: zero pages
- * around @bio's data, which goes at @off.  NULL if that takes more segments
- * than a bio holds.
+ * around the first @len bytes of @bio, which go at @off.  NULL if that takes
+ * more segments than a bio holds (or, without waiting, no memory).
  */
 static struct bio *qcow2_zero_filled_bio(struct qcow2_target *qt, struct bio *bio,
-					 u64 host, u32 start, u32 end, u32 off, u32 len)
+					 u64 host, u32 start, u32 end, u32 off, u32 len,
+					 gfp_t gfp)
 {
 	unsigned int nr = DIV_ROUND_UP(off - start, PAGE_SIZE) +
 			  DIV_ROUND_UP(end - off - len, PAGE_SIZE) + bio_segments(bio);
-	struct bvec_iter iter;
+	struct bvec_iter iter, data = bio->bi_iter;
 	struct bio_vec bv;
 	struct bio *b;
 	u32 p, n;
@@ -993,7 +1057,7 @@ static struct bio *qcow2_zero_filled_bio(struct qcow2_target *qt, struct bio *bi
 	if (nr > BIO_MAX_VECS)
 		return NULL;
 	b = bio_alloc_bioset(qcow2_top(qt)->dev->bdev, nr,
-			     REQ_OP_WRITE | (bio->bi_opf & REQ_SYNC), GFP_NOIO,
+			     REQ_OP_WRITE | (bio->bi_opf & REQ_SYNC), gfp,
 			     &qt->write_bs);
 	if (!b)
 		return NULL;
@@ -1004,7 +1068,8 @@ static struct bio *qcow2_zero_filled_bio(struct qcow2_target *qt, struct bio *bi
 		n = min_t(u32, PAGE_SIZE, off - p);
 		__bio_add_page(b, ZERO_PAGE(0), n, 0);
 	}
-	bio_for_each_segment(bv, bio, iter)
+	data.bi_size = len;	/* @bio may go on past the cluster */
+	__bio_for_each_segment(bv, bio, iter, data)
 		__bio_add_page(b, bv.bv_page, bv.bv_len, bv.bv_offset);
 	for (p = off + len; p < end; p += n) {
 		n = min_t(u32, PAGE_SIZE, end - p);
@@ -1031,7 +1096,7 @@ static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64
 	int r = 0, w;
 
 	if (end - start <= QCOW2_FILL_INLINE) {
-		clone = qcow2_zero_filled_bio(qt, bio, host, start, end, off, len);
+		clone = qcow2_zero_filled_bio(qt, bio, host, start, end, off, len, GFP_NOIO);
 		if (clone) {
 			r = submit_bio_wait(clone);
 			bio_put(clone);
@@ -1398,10 +1463,6 @@ unlock:
 	return r;
 }
 
-static struct mutex *qcow2_cluster_lock(struct qcow2_target *qt, u64 guest_cluster)
-{
-	return &qt->cluster_locks[hash_64(guest_cluster, QCOW2_CLUSTER_LOCK_BITS)];
-}
 
 /* Data writes of a batch: the last one to complete wakes the worker. */
 struct qcow2_batch_io {
@@ -1483,14 +1544,14 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	 * it ends before the first cluster whose lock is held elsewhere.
 	 */
 	bitmap_zero(held, 1 << QCOW2_CLUSTER_LOCK_BITS);
-	bit = hash_64(gc >> cb, QCOW2_CLUSTER_LOCK_BITS);
-	mutex_lock(&qt->cluster_locks[bit]);
+	bit = qcow2_cluster_bit(gc >> cb);
+	qcow2_cluster_lock(qt, bit);
 	__set_bit(bit, held);
 	for (i = 1; i < n; i++) {
-		bit = hash_64((gc >> cb) + i, QCOW2_CLUSTER_LOCK_BITS);
+		bit = qcow2_cluster_bit((gc >> cb) + i);
 		if (test_bit(bit, held))
 			continue;
-		if (!mutex_trylock(&qt->cluster_locks[bit]))
+		if (!qcow2_cluster_trylock(qt, bit))
 			break;
 		__set_bit(bit, held);
 	}
@@ -1577,8 +1638,165 @@ out:
 	if (pre)
 		qcow2_slice_put(qt->cache, pre);
 	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS)
-		mutex_unlock(&qt->cluster_locks[bit]);
+		qcow2_cluster_unlock(qt, bit);
 	return r;
+}
+
+/* ----------------------------------------------------------------------- */
+/* Allocation in map()                                                     */
+
+/* The end of an update made in map(): in any context. */
+static void qcow2_alloc_release(struct qcow2_target *qt, struct qcow2_bio *qb)
+{
+	qcow2_cluster_unlock(qt, qb->alloc_lock);
+	if (atomic_dec_and_test(&qt->fast_updates))
+		wake_up(&qt->fast_wait);
+}
+
+/* The data write failed: give the cluster back, then fail the bio. */
+static void qcow2_alloc_undo(struct work_struct *work)
+{
+	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
+	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
+	struct qcow2_target *qt = qb->qt;
+	u64 host = qb->alloc_entry.entry & QCOW2_L2E_OFFSET_MASK;
+
+	/* Nothing refers to the cluster: a plain update can free it. */
+	qcow2_alloc_release(qt, qb);
+	if (!qcow2_begin_update(qt)) {
+		mutex_lock(&qt->meta_lock);
+		qcow2_refcount_add(qt, host >> qcow2_top(qt)->qi.cluster_bits, -1, NULL);
+		mutex_unlock(&qt->meta_lock);
+		qcow2_end_update(qt);
+	}
+	bio_endio(bio);
+}
+
+static void qcow2_alloc_end_io(struct bio *w)
+{
+	struct bio *bio = w->bi_private;
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
+	struct qcow2_target *qt = qb->qt;
+	blk_status_t st = w->bi_status;
+
+	bio_put(w);
+	if (st) {
+		bio->bi_status = st;
+		INIT_WORK(&qb->work, qcow2_alloc_undo);
+		queue_work(qt->wq, &qb->work);
+		return;
+	}
+	/* The data is written: now the entry may point to it. */
+	qcow2_l2_entry_store(&qcow2_top(qt)->qi, qb->alloc_l2, qb->alloc_idx,
+			     &qb->alloc_entry);
+	qcow2_alloc_release(qt, qb);
+	bio_endio(bio);
+}
+
+/*
+ * Allocate a cluster for write @bio in map(), which must not wait for I/O:
+ * a write into one cluster that has no host cluster and nothing to show
+ * through (unallocated, no backing file), when the metadata it needs is
+ * cached and neither the cluster lock nor meta_lock is contended.  A bio of
+ * our own writes the data, with zeros around it; its completion stores the
+ * L2 entry, so that nothing sees the entry before the data, and completes
+ * @bio.  Until then the cluster lock is held and fast_updates counts the
+ * update, which keeps commits out: the L2 slice, dirty from here on, is
+ * neither evicted nor written back before the entry is in it.  This saves
+ * the worker's two wakeups.  Returns false, having changed nothing, when the
+ * worker must do the write.
+ */
+bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
+{
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits, scb = qi->subcluster_bits;
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	u64 guest = (u64)dm_target_offset(qt->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
+	u32 off = guest & (qi->cluster_size - 1);
+	u32 len = min_t(u64, bio->bi_iter.bi_size, qi->cluster_size - off);
+	u32 start = (off >> scb) << scb, end = ((off + len - 1) >> scb) + 1;
+	u64 l1_idx = guest >> (cb + qi->l2_bits);
+	u64 l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
+	struct qcow2_l2_entry old;
+	struct qcow2_slice *s;
+	struct bio *w = NULL;
+	const char *err;
+	u64 l1e, sc;
+	s64 l2, h;
+
+	end <<= scb;
+	if (qt->nr_layers != 1 || guest >= top->size || l1_idx >= top->l1_size)
+		return false;
+	l1e = READ_ONCE(top->l1[l1_idx]);
+	if (!(l1e & QCOW2_OFLAG_COPIED))
+		return false;
+	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
+	if (l2 <= 0 || !qcow2_l2_exclusive(qt, l2 >> cb))
+		return false;
+
+	qb->qt = qt;
+	qb->alloc_lock = qcow2_cluster_bit(guest >> cb);
+	if (!qcow2_cluster_trylock(qt, qb->alloc_lock))
+		return false;
+	atomic_inc(&qt->fast_updates);
+	smp_mb__after_atomic();	/* pairs with qcow2_updates_lock() */
+	if (READ_ONCE(qt->fast_blocked))
+		goto release;
+	s = qcow2_slice_get(qt->cache, top,
+			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
+	if (IS_ERR(s))
+		goto release;
+	qb->alloc_idx = l2_idx & ((1U << slice_entries_bits) - 1);
+	qcow2_l2_entry_load(qi, qcow2_slice_data(s), qb->alloc_idx, &old);
+	if (old.entry || old.bitmap)
+		goto put;
+	if (start == off && end == off + len) {
+		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
+		if (w)
+			w->bi_iter.bi_size = len;
+	} else if (end - start <= QCOW2_FILL_INLINE) {
+		w = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len, GFP_NOWAIT);
+	}
+	if (!w)
+		goto put;
+	if (!qcow2_cache_reserve(qt->cache, 2))
+		goto put;
+	h = -EWOULDBLOCK;
+	if (mutex_trylock(&qt->meta_lock)) {
+		h = __qcow2_alloc_cluster(qt, true);
+		if (h >= 0)
+			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+		mutex_unlock(&qt->meta_lock);
+	}
+	qcow2_cache_unreserve(qt->cache, 2);
+	if (h < 0)
+		goto put;
+	qcow2_slice_put(qt->cache, s);
+	qb->alloc_l2 = qcow2_slice_data(s);
+	qb->alloc_entry.entry = h | QCOW2_OFLAG_COPIED;
+	qb->alloc_entry.bitmap = 0;
+	if (qi->extended_l2)
+		for (sc = start >> scb; sc < end >> scb; sc++)
+			qb->alloc_entry.bitmap |= 1ULL << sc;
+
+	if (len < bio->bi_iter.bi_size)
+		dm_accept_partial_bio(bio, len >> SECTOR_SHIFT);
+	w->bi_iter.bi_sector = (h + start) >> SECTOR_SHIFT;
+	w->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
+	w->bi_private = bio;
+	w->bi_end_io = qcow2_alloc_end_io;
+	submit_bio_noacct(w);
+	return true;
+
+put:
+	if (w)
+		bio_put(w);
+	qcow2_slice_put(qt->cache, s);
+release:
+	qcow2_alloc_release(qt, qb);
+	return false;
 }
 
 /*
@@ -1603,7 +1821,7 @@ blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
 		u64 gc = guest & ~(cs - 1);
 		u32 off = guest - gc;
 		u32 len = min(end - guest, cs - off);
-		struct mutex *lock = qcow2_cluster_lock(qt, gc >> cb);
+		unsigned int bit = qcow2_cluster_bit(gc >> cb);
 
 		if (op == REQ_OP_WRITE && !off && end - guest >= 2 * cs) {
 			r = qcow2_write_batch(qt, bio, done, gc,
@@ -1617,7 +1835,7 @@ blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
 			if (r)
 				break;
 		}
-		mutex_lock(lock);
+		qcow2_cluster_lock(qt, bit);
 		if (op == REQ_OP_WRITE) {
 			struct bio *piece = bio_alloc_clone(bio->bi_bdev, bio, GFP_NOIO, &qt->bs);
 
@@ -1636,7 +1854,7 @@ blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
 			/* Partial cluster: write zeros into it. */
 			r = qcow2_write_cluster(qt, gc, off, len, NULL);
 		}
-		mutex_unlock(lock);
+		qcow2_cluster_unlock(qt, bit);
 		guest += len;
 		done += len;
 	}

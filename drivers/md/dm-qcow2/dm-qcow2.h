@@ -28,7 +28,7 @@
 #define QCOW2_MAX_LAYERS		1024
 #define QCOW2_DEFAULT_CACHE_SIZE	(8ULL << 20)
 #define QCOW2_MIN_CACHE_SIZE		(16ULL << 10)
-#define QCOW2_CLUSTER_LOCK_BITS		8
+#define QCOW2_CLUSTER_LOCK_BITS		10
 
 /* qcow2_target.flags */
 enum {
@@ -107,7 +107,12 @@ struct qcow2_target {
 	bool lazy_refcounts;		/* refcounts written on suspend/pressure only */
 	bool dirty_bit;			/* we set the image's dirty bit */
 	bool suspended;			/* postsuspend ran: resume re-reads the image */
-	struct mutex cluster_locks[1 << QCOW2_CLUSTER_LOCK_BITS];
+	/* hashed guest-cluster bit locks; released in any context */
+	unsigned long cluster_locks[BITS_TO_LONGS(1 << QCOW2_CLUSTER_LOCK_BITS)];
+	/* allocations made in map() whose entry is not stored yet */
+	atomic_t fast_updates;
+	bool fast_blocked;		/* a commit waits: map() allocates nothing */
+	wait_queue_head_t fast_wait;
 	struct xarray meta_index;	/* host cluster -> QCOW2_META_* */
 	u64 *reftable;			/* refcount table, CPU order */
 	u64 reftable_entries;
@@ -134,6 +139,11 @@ struct qcow2_bio {
 	struct qcow2_target *qt;
 	unsigned int gen;	/* inflight generation, when counted */
 	bool counted;
+	/* A cluster allocated in map(): its L2 entry, stored once written */
+	unsigned int alloc_lock;	/* cluster lock bit held */
+	unsigned int alloc_idx;		/* entry index in the slice */
+	void *alloc_l2;			/* the L2 slice's data (dirty) */
+	struct qcow2_l2_entry alloc_entry;
 };
 
 /* dm-qcow2-target.c */
@@ -220,6 +230,7 @@ int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
 int qcow2_commit(struct qcow2_target *qt, bool full);
 int qcow2_commit_clean(struct qcow2_target *qt);
 blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio);
+bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio);
 
 /* dm-qcow2-compress.c: compressed clusters */
 struct qcow2_dpool *qcow2_dpool_create(struct qcow2_target *qt);
