@@ -489,24 +489,17 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 	struct qcow2_layer *top = &qt->layers[0];
 	const struct qcow2_info *qi = &top->qi;
 	u32 cb = qi->cluster_bits;
-	u64 l1_idx = guest >> (cb + qi->l2_bits);
 	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
 	u64 in_cluster = guest & (qi->cluster_size - 1);
 	struct qcow2_l2_entry l2e;
 	struct qcow2_slice *s;
 	unsigned int i, n;
 	const void *data;
-	const char *err;
-	u64 l1e, l2_idx;
+	u64 l2_idx;
 	s64 l2, h;
 
-	if (guest >= top->size || l1_idx >= top->l1_size)
-		return false;
-	l1e = READ_ONCE(top->l1[l1_idx]);
-	if (!(l1e & QCOW2_OFLAG_COPIED))
-		return false;
-	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
-	if (l2 <= 0 || !qcow2_l2_exclusive(qt, l2 >> cb))
+	l2 = qcow2_own_l2(qt, guest);
+	if (l2 <= 0)
 		return false;
 	l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	s = qcow2_slice_get(qt->cache, top,

@@ -215,6 +215,31 @@ bool qcow2_l2_exclusive(struct qcow2_target *qt, u64 c)
 }
 
 /* Is host cluster @c metadata, so that no data may go there nor be freed? */
+/*
+ * Offset of the L2 table that maps guest byte @guest if the image owns it
+ * alone (COPIED, no snapshot refers to it), so that its entries may change
+ * in place; else 0 (none, shared, or a bad L1 entry: the worker reports it).
+ */
+s64 qcow2_own_l2(struct qcow2_target *qt, u64 guest)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u64 l1_idx = guest >> (qi->cluster_bits + qi->l2_bits);
+	const char *err;
+	u64 l1e;
+	s64 l2;
+
+	if (guest >= top->size || l1_idx >= top->l1_size)
+		return 0;
+	l1e = READ_ONCE(top->l1[l1_idx]);
+	if (!(l1e & QCOW2_OFLAG_COPIED))
+		return 0;
+	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
+	if (l2 <= 0 || !qcow2_l2_exclusive(qt, l2 >> qi->cluster_bits))
+		return 0;
+	return l2;
+}
+
 bool qcow2_is_metadata(struct qcow2_target *qt, u64 c)
 {
 	return qcow2_is_fixed_metadata(qt, c) || qcow2_meta_kinds(qt, c);
@@ -1717,23 +1742,16 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	u32 off = guest & (qi->cluster_size - 1);
 	u32 len = min_t(u64, bio->bi_iter.bi_size, qi->cluster_size - off);
 	u32 start = (off >> scb) << scb, end = ((off + len - 1) >> scb) + 1;
-	u64 l1_idx = guest >> (cb + qi->l2_bits);
 	u64 l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	struct qcow2_l2_entry old;
 	struct qcow2_slice *s;
 	struct bio *w = NULL;
-	const char *err;
-	u64 l1e, sc;
 	s64 l2, h;
+	u64 sc;
 
 	end <<= scb;
-	if (qt->nr_layers != 1 || guest >= top->size || l1_idx >= top->l1_size)
-		return false;
-	l1e = READ_ONCE(top->l1[l1_idx]);
-	if (!(l1e & QCOW2_OFLAG_COPIED))
-		return false;
-	l2 = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
-	if (l2 <= 0 || !qcow2_l2_exclusive(qt, l2 >> cb))
+	l2 = qcow2_own_l2(qt, guest);
+	if (qt->nr_layers != 1 || l2 <= 0)
 		return false;
 
 	qb->qt = qt;

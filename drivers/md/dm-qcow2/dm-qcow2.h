@@ -225,6 +225,7 @@ unsigned long qcow2_meta_kinds(struct qcow2_target *qt, u64 c);
 int qcow2_meta_add(struct qcow2_target *qt, u64 c, unsigned long kind, gfp_t gfp);
 bool qcow2_is_metadata(struct qcow2_target *qt, u64 c);
 bool qcow2_l2_exclusive(struct qcow2_target *qt, u64 c);
+s64 qcow2_own_l2(struct qcow2_target *qt, u64 guest);
 int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
 		       const void *val, unsigned int len);
 int qcow2_commit(struct qcow2_target *qt, bool full);
