@@ -1720,7 +1720,7 @@ static void qcow2_alloc_end_io(struct bio *w)
 
 /*
  * Allocate a cluster for write @bio in map(), which must not wait for I/O:
- * a write into one cluster that has no host cluster and nothing to show
+ * a write within one cluster that has no host cluster and nothing to show
  * through (unallocated, no backing file), when the metadata it needs is
  * cached and neither the cluster lock nor meta_lock is contended.  A bio of
  * our own writes the data, with zeros around it; its completion stores the
@@ -1740,8 +1740,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
 	u64 guest = (u64)dm_target_offset(qt->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT;
 	u32 off = guest & (qi->cluster_size - 1);
-	u32 len = min_t(u64, bio->bi_iter.bi_size, qi->cluster_size - off);
-	u32 start = (off >> scb) << scb, end = ((off + len - 1) >> scb) + 1;
+	u32 len = bio->bi_iter.bi_size;
+	u32 start = (off >> scb) << scb, end;
 	u64 l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	struct qcow2_l2_entry old;
 	struct qcow2_slice *s;
@@ -1749,7 +1749,10 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	s64 l2, h;
 	u64 sc;
 
-	end <<= scb;
+	/* Larger writes go to the worker, which allocates them in batches. */
+	if (len > qi->cluster_size - off)
+		return false;
+	end = (((off + len - 1) >> scb) + 1) << scb;
 	l2 = qcow2_own_l2(qt, guest);
 	if (qt->nr_layers != 1 || l2 <= 0)
 		return false;
@@ -1772,8 +1775,6 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		goto put;
 	if (start == off && end == off + len) {
 		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
-		if (w)
-			w->bi_iter.bi_size = len;
 	} else if (end - start <= QCOW2_FILL_INLINE) {
 		w = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len, GFP_NOWAIT);
 	}
@@ -1799,8 +1800,6 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		for (sc = start >> scb; sc < end >> scb; sc++)
 			qb->alloc_entry.bitmap |= 1ULL << sc;
 
-	if (len < bio->bi_iter.bi_size)
-		dm_accept_partial_bio(bio, len >> SECTOR_SHIFT);
 	w->bi_iter.bi_sector = (h + start) >> SECTOR_SHIFT;
 	w->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
 	w->bi_private = bio;
