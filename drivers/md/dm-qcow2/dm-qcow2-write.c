@@ -1773,11 +1773,10 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qcow2_l2_entry_load(qi, qcow2_slice_data(s), qb->alloc_idx, &old);
 	if (old.entry || old.bitmap)
 		goto put;
-	if (start == off && end == off + len) {
+	if (start == off && end == off + len)
 		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
-	} else if (end - start <= QCOW2_FILL_INLINE) {
+	else if (end - start <= QCOW2_FILL_INLINE)
 		w = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len, GFP_NOWAIT);
-	}
 	if (!w)
 		goto put;
 	if (!qcow2_cache_reserve(qt->cache, 2))
