@@ -1791,8 +1791,9 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qcow2_cache_unreserve(qt->cache, 2);
 	if (h < 0)
 		goto put;
-	qcow2_slice_put(qt->cache, s);
+	/* Dirty now: stays in the cache, unwritten, until the entry is in. */
 	qb->alloc_l2 = qcow2_slice_data(s);
+	qcow2_slice_put(qt->cache, s);
 	qb->alloc_entry.entry = h | QCOW2_OFLAG_COPIED;
 	qb->alloc_entry.bitmap = 0;
 	if (qi->extended_l2)
