@@ -1488,7 +1488,6 @@ unlock:
 	return r;
 }
 
-
 /* Data writes of a batch: the last one to complete wakes the worker. */
 struct qcow2_batch_io {
 	atomic_t pending;
