@@ -271,11 +271,15 @@ static int qcow2_refcount_slice(struct qcow2_target *qt, u64 cluster,
 		return 1;
 	if ((rb & (qi->cluster_size - 1)) || rb + qi->cluster_size > top->dev_size ||
 	    (qt->reftable[rt] & QCOW2_REFT_RESERVED_MASK)) {
+		if (nowait)
+			return -EWOULDBLOCK;	/* qcow2_corrupt() does I/O */
 		qcow2_corrupt(qt, "refcount table entry invalid");
 		return -EIO;
 	}
 	if (qcow2_is_fixed_metadata(qt, rb >> qi->cluster_bits) ||
 	    qcow2_meta_kinds(qt, rb >> qi->cluster_bits) & ~QCOW2_META_REFBLOCK) {
+		if (nowait)
+			return -EWOULDBLOCK;
 		qcow2_corrupt(qt, "refcount block overlaps other metadata");
 		return -EIO;
 	}
@@ -491,8 +495,10 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 
 /*
  * Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock.
- * With @nowait, -EWOULDBLOCK rather than a metadata read, a new refcount
- * block or reporting a full device.
+ * With @nowait (from map(), where nothing may wait for I/O), -EWOULDBLOCK
+ * rather than a metadata read, a new refcount block, reporting a full
+ * device or reporting corruption (which writes the header): the worker
+ * does those.
  */
 static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait)
 {
@@ -525,6 +531,8 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait)
 				continue;
 			if (qcow2_is_metadata(qt, c)) {
 				qcow2_slice_put(qt->cache, s);
+				if (nowait)
+					return -EWOULDBLOCK;
 				qcow2_corrupt(qt, "refcount of a metadata cluster is 0");
 				return -EIO;
 			}
@@ -1728,7 +1736,9 @@ static void qcow2_alloc_end_io(struct bio *w)
  * update, which keeps commits out: the L2 slice, dirty from here on, is
  * neither evicted nor written back before the entry is in it.  This saves
  * the worker's two wakeups.  Returns false, having changed nothing, when the
- * worker must do the write.
+ * worker must do the write.  Nothing here may wait for I/O, not even to
+ * report corruption: a bio submitted from map() is queued until map()
+ * returns, so waiting for it would never end.
  */
 bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 {
