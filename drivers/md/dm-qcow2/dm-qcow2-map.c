@@ -130,7 +130,7 @@ static int qcow2_layer_resolve(struct qcow2_layer *layer, u64 guest, u64 len,
 	}
 
 	l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
-	slice_off = l2_off + ((l2_idx >> slice_entries_bits) << layer->slice_bits);
+	slice_off = qcow2_l2_slice_off(layer, l2_off, l2_idx);
 	s = qcow2_slice_get(qt->cache, layer, slice_off, nowait);
 	if (IS_ERR(s)) {
 		if (PTR_ERR(s) == -EWOULDBLOCK)
@@ -503,7 +503,7 @@ static bool qcow2_write_in_place(struct qcow2_target *qt, u64 guest, u64 len,
 		return false;
 	l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	s = qcow2_slice_get(qt->cache, top,
-			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
+			    qcow2_l2_slice_off(top, l2, l2_idx), true);
 	if (IS_ERR(s))
 		return false;
 	data = qcow2_slice_data(s);

@@ -46,6 +46,8 @@
 
 /* Dirty slices one cluster update may add (L2, refblocks, new tables). */
 #define QCOW2_UPDATE_SLICES	6
+/* Dirty slices an allocation in map() may add (its L2 and refcount slice). */
+#define QCOW2_MAP_ALLOC_SLICES	2
 /* A new L2 table of at most this many slices enters the cache zero-filled. */
 #define QCOW2_NEW_L2_SLICES	32
 /* Whole clusters one write allocates at once (1 MiB of 64 KiB clusters). */
@@ -1172,7 +1174,6 @@ static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	u64 l1e = READ_ONCE(top->l1[l1_idx]);
-	u32 slice_entries_bits = top->slice_bits - top->qi.l2_entry_shift;
 	struct qcow2_slice *s;
 	const char *err;
 	s64 l2;
@@ -1183,7 +1184,7 @@ static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx
 	if (l2 <= 0)
 		return NULL;
 	s = qcow2_slice_get(qt->cache, top,
-			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), nowait);
+			    qcow2_l2_slice_off(top, l2, l2_idx), nowait);
 	return IS_ERR(s) ? NULL : s;
 }
 
@@ -1197,7 +1198,6 @@ static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1
 						 u64 l2_idx, u64 *slice_off)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
-	u32 slice_entries_bits = top->slice_bits - top->qi.l2_entry_shift;
 	struct qcow2_slice *s;
 	s64 l2;
 	int r;
@@ -1210,7 +1210,7 @@ static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1
 	if (l2 < 0) {
 		s = ERR_PTR(l2);
 	} else {
-		*slice_off = l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits);
+		*slice_off = qcow2_l2_slice_off(top, l2, l2_idx);
 		s = qcow2_slice_get(qt->cache, top, *slice_off, false);
 	}
 	if (IS_ERR(s)) {
@@ -1444,7 +1444,7 @@ static int qcow2_zero_whole_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		goto unlock;
 	}
 	s = qcow2_slice_get(qt->cache, top,
-			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), false);
+			    qcow2_l2_slice_off(top, l2, l2_idx), false);
 	if (IS_ERR(s)) {
 		r = PTR_ERR(s);
 		goto unlock;
@@ -1775,7 +1775,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	if (READ_ONCE(qt->fast_blocked))
 		goto release;
 	s = qcow2_slice_get(qt->cache, top,
-			    l2 + ((l2_idx >> slice_entries_bits) << top->slice_bits), true);
+			    qcow2_l2_slice_off(top, l2, l2_idx), true);
 	if (IS_ERR(s))
 		goto release;
 	qb->alloc_idx = l2_idx & ((1U << slice_entries_bits) - 1);
@@ -1788,7 +1788,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		w = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len, GFP_NOWAIT);
 	if (!w)
 		goto put;
-	if (!qcow2_cache_reserve(qt->cache, 2))
+	if (!qcow2_cache_reserve(qt->cache, QCOW2_MAP_ALLOC_SLICES))
 		goto put;
 	h = -EWOULDBLOCK;
 	if (mutex_trylock(&qt->meta_lock)) {
@@ -1797,7 +1797,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
 	}
-	qcow2_cache_unreserve(qt->cache, 2);
+	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
 	if (h < 0)
 		goto put;
 	/* Dirty now: stays in the cache, unwritten, until the entry is in. */

@@ -70,6 +70,17 @@ struct qcow2_layer {
 	u32 slice_bits;		/* log2 of the metadata cache slice size */
 };
 
+/*
+ * Offset on @layer's device of the cache slice of the L2 table at @l2 that
+ * holds entry @l2_idx.
+ */
+static inline u64 qcow2_l2_slice_off(const struct qcow2_layer *layer, u64 l2, u64 l2_idx)
+{
+	u32 slice_entries_bits = layer->slice_bits - layer->qi.l2_entry_shift;
+
+	return l2 + ((l2_idx >> slice_entries_bits) << layer->slice_bits);
+}
+
 struct qcow2_cache;
 struct qcow2_dpool;
 
