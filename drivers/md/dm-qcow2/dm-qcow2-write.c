@@ -1074,6 +1074,43 @@ static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_en
 }
 
 /*
+ * Fill [@start, @end) of a cluster with entry @old into @buf, around the
+ * bytes [@off, @off + @len) that the caller copies in afterwards.  Adjacent
+ * subclusters of one type are filled by one call.  When the data sits inside
+ * such a run and is no larger than the fill around it, the run is filled
+ * whole, data bytes included: one read of the backing cluster instead of a
+ * read of the head and another of the tail.
+ */
+static int qcow2_fill_around(struct qcow2_target *qt, const struct qcow2_l2_entry *old,
+			     u64 guest_cluster, u32 start, u32 end, u32 off, u32 len,
+			     void *buf)
+{
+	u32 scb = qcow2_top(qt)->qi.subcluster_bits;
+	enum qcow2_cluster_type t;
+	u32 a, b, c;
+	int r = 0;
+
+	for (a = start; !r && a < end; a = b) {
+		t = qcow2_sc_type(qt, old, a >> scb);
+		b = min(end, ((a >> scb) + 1) << scb);
+		while (b < end && qcow2_sc_type(qt, old, b >> scb) == t)
+			b = min(end, b + (1U << scb));
+
+		if (a < off && b > off + len && len <= b - a - len) {
+			r = qcow2_fill(qt, t, old, guest_cluster, a, b, buf + a - start);
+			continue;
+		}
+		if (a < off)
+			r = qcow2_fill(qt, t, old, guest_cluster, a, min(b, off),
+				       buf + a - start);
+		c = max(a, off + len);
+		if (!r && b > c)
+			r = qcow2_fill(qt, t, old, guest_cluster, c, b, buf + c - start);
+	}
+	return r;
+}
+
+/*
  * One write of [@start, @end) at byte @host of the top device: zero pages
  * around the first @len bytes of @bio, which go at @off.  NULL if that takes
  * more segments than a bio holds (or, without waiting, no memory).
@@ -1338,20 +1375,8 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
 	if (r == -EOPNOTSUPP) {
 		buf = kvmalloc(end - start, GFP_NOIO);
-		r = buf ? 0 : -ENOMEM;
-		/* Fill around the data, subcluster by subcluster. */
-		for (sc = start >> scb; !r && sc <= (end - 1) >> scb; sc++) {
-			u32 a = max(start, sc << scb), b = min(end, (sc + 1) << scb);
-			enum qcow2_cluster_type st = qcow2_sc_type(qt, &old, sc);
-
-			if (a < off)
-				r = qcow2_fill(qt, st, &old, guest_cluster, a,
-					       min(b, off), buf + a - start);
-			if (!r && b > off + len)
-				r = qcow2_fill(qt, st, &old, guest_cluster,
-					       max(a, off + len), b,
-					       buf + max(a, off + len) - start);
-		}
+		r = buf ? qcow2_fill_around(qt, &old, guest_cluster, start, end,
+					    off, len, buf) : -ENOMEM;
 		if (!r) {
 			if (bio)
 				qcow2_copy_from_bio(bio, buf + off - start);
