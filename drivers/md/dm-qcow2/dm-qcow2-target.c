@@ -647,6 +647,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	mutex_init(&qt->commit_mutex);
 	init_waitqueue_head(&qt->fast_wait);
 	INIT_LIST_HEAD(&qt->deferred);
+	INIT_WORK(&qt->zero_work, qcow2_zero_ahead_work);
 	xa_init(&qt->meta_index);
 	init_waitqueue_head(&qt->inflight_wait);
 	atomic_set(&qt->inflight[0], 0);
@@ -839,6 +840,9 @@ static void qcow2_postsuspend(struct dm_target *ti)
 {
 	struct qcow2_target *qt = ti->private;
 
+	/* Nothing may write the free space once userspace may use it. */
+	if (qt->wq)
+		flush_work(&qt->zero_work);
 	/* Everything in flight has completed: write all metadata back. */
 	if (qt->reftable && qt->mode == QCOW2_MODE_RW)
 		qcow2_commit_clean(qt);
@@ -882,6 +886,9 @@ static int qcow2_reload(struct qcow2_target *qt)
 		qt->l1_dirty = NULL;
 		xa_destroy(&qt->meta_index);
 		qt->free_hint = 0;
+		/* Free space may hold anything now. */
+		qt->zero_lo = 0;
+		qt->zero_hi = 0;
 		clear_bit(QCOW2_FLAG_NOSPACE, &qt->flags);
 		r = qcow2_open_writable(qt);
 		if (r)

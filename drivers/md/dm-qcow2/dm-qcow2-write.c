@@ -496,13 +496,43 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
 }
 
 /*
+ * Zeroing ahead.  Without extended L2, a write of part of a new cluster must
+ * write zeros over the rest of it: 60 KiB of zeros next to a 4 KiB write at
+ * 64 KiB clusters.  Where the device has write-zeroes, the free clusters
+ * after the allocator's position are zeroed ahead instead, a few MiB in one
+ * request (which may unmap them), and a partial write to a cluster taken
+ * from that range writes only its data.  The range is only started once a
+ * write needed such a fill, so that images written in whole clusters (or
+ * with extended L2) never pay for it.
+ *
+ * [zero_lo, zero_hi) holds only clusters that are free (refcount 0, which
+ * also means no I/O is in flight to them) and were zeroed while this table
+ * owned the device: the allocator moves zero_lo past every cluster it hands
+ * out, and a reload (after a suspend, when userspace may have written the
+ * image) empties the range.  Freed clusters never re-enter it, as they lie
+ * below zero_lo.  meta_lock is held while the range is zeroed, so that no
+ * allocation can take a cluster of it before the zeros are written.
+ */
+#define QCOW2_ZERO_AHEAD	(4U << 20)
+
+/* A fill was written for want of zeroed clusters: start zeroing ahead. */
+static void qcow2_zero_ahead_kick(struct qcow2_target *qt)
+{
+	if (test_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags) ||
+	    test_and_set_bit(QCOW2_FLAG_ZEROING, &qt->flags))
+		return;
+	queue_work(qt->wq, &qt->zero_work);
+}
+
+/*
  * Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock.
  * With @nowait (from map(), where nothing may wait for I/O), -EWOULDBLOCK
  * rather than a metadata read, a new refcount block, reporting a full
  * device or reporting corruption (which writes the header): the worker
- * does those.
+ * does those.  *@zeroed (if given) says whether the cluster is known to read
+ * zeros (zeroed ahead, see qcow2_zero_ahead_work()).
  */
-static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait)
+static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zeroed)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	const struct qcow2_info *qi = &top->qi;
@@ -542,6 +572,15 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_REFCOUNT);
 			qcow2_slice_put(qt->cache, s);
 			qt->free_hint = c + 1;
+			if (zeroed)
+				*zeroed = c >= qt->zero_lo && c < qt->zero_hi;
+			/* Whatever it holds next, it is not ours to call zero. */
+			if (c >= qt->zero_lo && c < qt->zero_hi) {
+				qt->zero_lo = c + 1;
+				if (qt->zero_hi - qt->zero_lo <=
+				    (QCOW2_ZERO_AHEAD >> qi->cluster_bits) / 2)
+					qcow2_zero_ahead_kick(qt);
+			}
 			return c << qi->cluster_bits;
 		}
 		qcow2_slice_put(qt->cache, s);
@@ -558,7 +597,84 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait)
 
 static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
 {
-	return __qcow2_alloc_cluster(qt, false);
+	return __qcow2_alloc_cluster(qt, false, NULL);
+}
+
+/*
+ * The first run of at most @want free clusters that starts within @want
+ * clusters of *@lo: its start in *@lo, its end returned (*@lo if none).
+ */
+static u64 qcow2_free_run(struct qcow2_target *qt, u64 *lo, u64 want)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u64 nr = top->dev_size >> qi->cluster_bits;
+	u64 c = *lo, end = min(nr, *lo + want), idx, n;
+	struct qcow2_slice *s;
+	bool used, found = false;
+
+	n = 1ULL << (top->slice_bits + 3 - qi->refcount_order);
+	while (c < end) {
+		/* Clusters without a refcount block are where new ones go. */
+		if (qcow2_refcount_slice(qt, c, &s, &idx, false))
+			break;
+		for (; idx < n && c < end; idx++, c++) {
+			used = qcow2_refcount_get(qcow2_slice_data(s), qi->refcount_order, idx) ||
+			       qcow2_is_metadata(qt, c);
+			if (used && found)
+				break;
+			if (!used && !found) {
+				found = true;
+				*lo = c;
+				end = min(nr, c + want);
+			}
+		}
+		qcow2_slice_put(qt->cache, s);
+		if (idx < n && c < end)
+			break;	/* the run ended at a used cluster */
+	}
+	return found ? c : *lo;
+}
+
+void qcow2_zero_ahead_work(struct work_struct *work)
+{
+	struct qcow2_target *qt = container_of(work, struct qcow2_target, zero_work);
+	struct qcow2_layer *top = qcow2_top(qt);
+	struct block_device *bdev = top->dev->bdev;
+	u32 cb = top->qi.cluster_bits;
+	u64 want = max_t(u64, QCOW2_ZERO_AHEAD >> cb, 1);
+	u64 lo, hi;
+	int r;
+
+	if (!bdev_write_zeroes_sectors(bdev)) {
+		set_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags);
+		goto out;
+	}
+	mutex_lock(&qt->meta_lock);
+	if (READ_ONCE(qt->mode) != QCOW2_MODE_RW || !qt->reftable ||
+	    qt->zero_hi > qt->zero_lo + want / 2)
+		goto unlock;	/* nothing to write to, or zeros enough */
+	/* Extend what is left of the range, or start at the allocator. */
+	lo = qt->zero_lo < qt->zero_hi ? qt->zero_hi : qt->free_hint;
+	hi = qcow2_free_run(qt, &lo, want);
+	if (hi == lo)
+		goto unlock;
+	r = blkdev_issue_zeroout(bdev, lo << (cb - SECTOR_SHIFT), (hi - lo) << (cb - SECTOR_SHIFT),
+				 GFP_NOIO, BLKDEV_ZERO_NOFALLBACK);
+	if (r) {
+		/* Harmless (the clusters are free), but do not try again. */
+		DMWARN_LIMIT("%s: zeroing free clusters failed (%d): no zeroing ahead",
+			     qcow2_dev_name(qt), r);
+		set_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags);
+		goto unlock;
+	}
+	if (lo != qt->zero_hi)
+		qt->zero_lo = lo;
+	qt->zero_hi = hi;
+unlock:
+	mutex_unlock(&qt->meta_lock);
+out:
+	clear_bit(QCOW2_FLAG_ZEROING, &qt->flags);
 }
 
 /*
@@ -1275,7 +1391,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	struct qcow2_l2_entry old, new;
 	enum qcow2_cluster_type t;
 	u64 slice_off, host, old_host = 0, free_len = 0;
-	bool in_place, alloc = false;
+	bool in_place, alloc = false, zeroed = false;
 	struct qcow2_slice *s, *pre;
 	u32 start, end;
 	const char *err;
@@ -1319,7 +1435,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		}
 		host = h;
 	} else {
-		h = qcow2_alloc_cluster(qt);
+		h = __qcow2_alloc_cluster(qt, false, &zeroed);
 		if (h < 0) {
 			r = h;
 			goto unlock;
@@ -1371,8 +1487,15 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	r = -EOPNOTSUPP;
 	if (start == off && end == off + len && bio)
 		r = qcow2_write_bio_at(qt, bio, host + off);
-	else if (bio && qcow2_fill_is_zero(qt, &old, start, end, off, len))
-		r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
+	else if (bio && qcow2_fill_is_zero(qt, &old, start, end, off, len)) {
+		if (zeroed) {
+			r = qcow2_write_bio_at(qt, bio, host + off);
+		} else {
+			r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
+			if (alloc)
+				qcow2_zero_ahead_kick(qt);
+		}
+	}
 	if (r == -EOPNOTSUPP) {
 		buf = kvmalloc(end - start, GFP_NOIO);
 		r = buf ? qcow2_fill_around(qt, &old, guest_cluster, start, end,
@@ -1755,15 +1878,15 @@ static void qcow2_alloc_end_io(struct bio *w)
  * a write within one cluster that has no host cluster and nothing to show
  * through (unallocated, no backing file), when the metadata it needs is
  * cached and neither the cluster lock nor meta_lock is contended.  A bio of
- * our own writes the data, with zeros around it; its completion stores the
- * L2 entry, so that nothing sees the entry before the data, and completes
- * @bio.  Until then the cluster lock is held and fast_updates counts the
- * update, which keeps commits out: the L2 slice, dirty from here on, is
- * neither evicted nor written back before the entry is in it.  This saves
- * the worker's two wakeups.  Returns false, having changed nothing, when the
- * worker must do the write.  Nothing here may wait for I/O, not even to
- * report corruption: a bio submitted from map() is queued until map()
- * returns, so waiting for it would never end.
+ * our own writes the data, with zeros around it unless the cluster was
+ * zeroed ahead; its completion stores the L2 entry, so that nothing sees the
+ * entry before the data, and completes @bio.  Until then the cluster lock
+ * is held and fast_updates counts the update, which keeps commits out: the
+ * L2 slice, dirty from here on, is neither evicted nor written back before
+ * the entry is in it.  This saves the worker's two wakeups.  Returns false,
+ * having changed nothing, when the worker must do the write.  Nothing here
+ * may wait for I/O, not even to report corruption: a bio submitted from
+ * map() is queued until map() returns, so waiting for it would never end.
  */
 bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 {
@@ -1778,8 +1901,9 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	u32 start = (off >> scb) << scb, end;
 	u64 l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	struct qcow2_l2_entry old;
+	struct bio *w = NULL, *fill = NULL;
 	struct qcow2_slice *s;
-	struct bio *w = NULL;
+	bool zeroed = false;
 	s64 l2, h;
 	u64 sc;
 
@@ -1807,20 +1931,27 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qcow2_l2_entry_load(qi, qcow2_slice_data(s), qb->alloc_idx, &old);
 	if (old.entry || old.bitmap)
 		goto put;
-	if (start == off && end == off + len)
-		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
-	else if (end - start <= QCOW2_FILL_INLINE)
-		w = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len, GFP_NOWAIT);
+	/* The data alone, or with zeros around it unless zeroed ahead. */
+	w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
 	if (!w)
 		goto put;
+	if (start != off || end != off + len) {
+		if (end - start <= QCOW2_FILL_INLINE)
+			fill = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len,
+						     GFP_NOWAIT);
+		if (!fill)
+			goto put;
+	}
 	if (!qcow2_cache_reserve(qt->cache, QCOW2_MAP_ALLOC_SLICES))
 		goto put;
 	h = -EWOULDBLOCK;
 	if (mutex_trylock(&qt->meta_lock)) {
-		h = __qcow2_alloc_cluster(qt, true);
+		h = __qcow2_alloc_cluster(qt, true, &zeroed);
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
+		if (h >= 0 && fill && !zeroed)
+			qcow2_zero_ahead_kick(qt);
 	}
 	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
 	if (h < 0)
@@ -1834,7 +1965,15 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		for (sc = start >> scb; sc < end >> scb; sc++)
 			qb->alloc_entry.bitmap |= 1ULL << sc;
 
-	w->bi_iter.bi_sector = (h + start) >> SECTOR_SHIFT;
+	if (fill && !zeroed) {
+		bio_put(w);
+		w = fill;
+		w->bi_iter.bi_sector = (h + start) >> SECTOR_SHIFT;
+	} else {
+		if (fill)
+			bio_put(fill);
+		w->bi_iter.bi_sector = (h + off) >> SECTOR_SHIFT;
+	}
 	w->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
 	w->bi_private = bio;
 	w->bi_end_io = qcow2_alloc_end_io;
@@ -1842,6 +1981,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	return true;
 
 put:
+	if (fill)
+		bio_put(fill);
 	if (w)
 		bio_put(w);
 	qcow2_slice_put(qt->cache, s);

@@ -34,6 +34,8 @@
 enum {
 	QCOW2_FLAG_CORRUPT,	/* corrupt bit set: no more writes */
 	QCOW2_FLAG_NOSPACE,	/* an allocation found the device full */
+	QCOW2_FLAG_ZEROING,	/* zero_work is queued or running */
+	QCOW2_FLAG_NO_ZERO_AHEAD, /* the device cannot zero cheaply */
 };
 
 /* What a host cluster of the top layer holds (qcow2_target.meta_index) */
@@ -131,6 +133,9 @@ struct qcow2_target {
 	unsigned long *l1_dirty;	/* one bit per sector of the L1 table */
 	u32 rb_bits;			/* log2 refcount entries per block */
 	u64 free_hint;			/* first host cluster that may be free */
+	/* host clusters [zero_lo, zero_hi) are free and read zeros */
+	u64 zero_lo, zero_hi;
+	struct work_struct zero_work;	/* qcow2_zero_ahead_work() */
 	struct list_head deferred;	/* frees waiting for the next commit */
 	unsigned int nr_deferred;
 	bool discard_passdown;
@@ -243,6 +248,7 @@ int qcow2_commit(struct qcow2_target *qt, bool full);
 int qcow2_commit_clean(struct qcow2_target *qt);
 blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio);
 bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio);
+void qcow2_zero_ahead_work(struct work_struct *work);
 
 /* dm-qcow2-compress.c: compressed clusters */
 struct qcow2_dpool *qcow2_dpool_create(struct qcow2_target *qt);
