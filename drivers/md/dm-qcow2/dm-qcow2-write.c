@@ -501,9 +501,10 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
  * 64 KiB clusters.  Where the device has write-zeroes, the free clusters
  * after the allocator's position are zeroed ahead instead, a few MiB in one
  * request (which may unmap them), and a partial write to a cluster taken
- * from that range writes only its data.  The range is only started once a
- * write needed such a fill, so that images written in whole clusters (or
- * with extended L2) never pay for it.
+ * from that range writes only its data.  The range is only started, and
+ * refilled when half of it is used, for writes that need such a fill, so
+ * that images written in whole clusters (or with extended L2) do not pay
+ * for it.
  *
  * [zero_lo, zero_hi) holds only clusters that are free (refcount 0, which
  * also means no I/O is in flight to them) and were zeroed while this table
@@ -529,8 +530,9 @@ static void qcow2_zero_ahead_kick(struct qcow2_target *qt)
  * With @nowait (from map(), where nothing may wait for I/O), -EWOULDBLOCK
  * rather than a metadata read, a new refcount block, reporting a full
  * device or reporting corruption (which writes the header): the worker
- * does those.  *@zeroed (if given) says whether the cluster is known to read
- * zeros (zeroed ahead, see qcow2_zero_ahead_work()).
+ * does those.  Callers with a use for a cluster that reads zeros (a write of
+ * part of it) pass @zeroed: *@zeroed says whether it does (zeroed ahead, see
+ * qcow2_zero_ahead_work()).
  */
 static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zeroed)
 {
@@ -577,8 +579,9 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zer
 			/* Whatever it holds next, it is not ours to call zero. */
 			if (c >= qt->zero_lo && c < qt->zero_hi) {
 				qt->zero_lo = c + 1;
-				if (qt->zero_hi - qt->zero_lo <=
-				    (QCOW2_ZERO_AHEAD >> qi->cluster_bits) / 2)
+				/* Refill for writes that have a use for zeros. */
+				if (zeroed && qt->zero_hi - qt->zero_lo <=
+					      (QCOW2_ZERO_AHEAD >> qi->cluster_bits) / 2)
 					qcow2_zero_ahead_kick(qt);
 			}
 			return c << qi->cluster_bits;
@@ -1391,7 +1394,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	struct qcow2_l2_entry old, new;
 	enum qcow2_cluster_type t;
 	u64 slice_off, host, old_host = 0, free_len = 0;
-	bool in_place, alloc = false, zeroed = false;
+	bool in_place, alloc = false, want_zeros, zeroed = false;
 	struct qcow2_slice *s, *pre;
 	u32 start, end;
 	const char *err;
@@ -1435,7 +1438,10 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		}
 		host = h;
 	} else {
-		h = __qcow2_alloc_cluster(qt, false, &zeroed);
+		/* Zeros are of use to a write of part of a (sub)cluster only. */
+		want_zeros = (off | (off + len)) & ((1U << scb) - 1) &&
+			     qcow2_fill_is_zero(qt, &old, 0, qi->cluster_size, off, len);
+		h = __qcow2_alloc_cluster(qt, false, want_zeros ? &zeroed : NULL);
 		if (h < 0) {
 			r = h;
 			goto unlock;
@@ -1946,7 +1952,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		goto put;
 	h = -EWOULDBLOCK;
 	if (mutex_trylock(&qt->meta_lock)) {
-		h = __qcow2_alloc_cluster(qt, true, &zeroed);
+		h = __qcow2_alloc_cluster(qt, true, fill ? &zeroed : NULL);
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
