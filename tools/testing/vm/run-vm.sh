@@ -438,6 +438,12 @@ _qemu_cmdline()
 	local i accel cpu=() append
 
 	accel=tcg,thread=multi
+	# RDRAND (which TCG emulates) seeds the kernel's RNG at boot.  Without
+	# it the "crng init done" static key flips about 12 s in, while tests
+	# fork, and TCG once let the other vCPU run into the int3 of that text
+	# patch: "Oops: int3" in get_random_u64(), a kernel panic unrelated
+	# to the module.  Seeded early, the flip happens before SMP.
+	cpu=(-cpu qemu64,+rdrand)
 
 	if [ "${QCOW2_VM_KVM:-0}" = 1 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
 		accel=kvm
@@ -451,6 +457,7 @@ _qemu_cmdline()
 	append="console=ttyS0 quiet panic=-1 printk.devkmsg=on rdinit=/init"
 	append+=" 8250.nr_uarts=4 i8042.noaux i8042.nokbd"
 	append+=" rcupdate.rcu_cpu_stall_timeout=120 watchdog_thresh=60"
+	append+=" random.trust_cpu=on"
 	[ -n "${opt_append}" ] && append+=" ${opt_append}"
 	# Four UARTs: ttyS0 console, ttyS1 command output, ttyS2 kernel log,
 	# ttyS3 exit status.  ttyS2/ttyS3 get IRQs 5 and 7 of their own: on the
