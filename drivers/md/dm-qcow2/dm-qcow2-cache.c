@@ -17,6 +17,7 @@
 #include <linux/completion.h>
 #include <linux/hash.h>
 #include <linux/hashtable.h>
+#include <linux/list_sort.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
@@ -459,12 +460,25 @@ static void qcow2_wb_endio(struct bio *bio)
 		complete(&wbb->wb->done);
 }
 
+/* Device offset order, so that the plug merges adjacent slices. */
+static int qcow2_wb_cmp(void *priv, const struct list_head *a,
+			const struct list_head *b)
+{
+	const struct qcow2_slice *x = list_entry(a, struct qcow2_slice, lru);
+	const struct qcow2_slice *y = list_entry(b, struct qcow2_slice, lru);
+
+	if (x->layer != y->layer)
+		return x->layer < y->layer ? -1 : 1;
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
 /*
  * Write back every dirty slice of group @group.  The writes are submitted
- * together and waited for at once, so a commit costs one device round trip
- * per group rather than one per slice.  The caller excludes concurrent
- * modification and orders the groups.  Returns the number of slices
- * written or the first error; failed slices stay dirty.
+ * together, in offset order, and waited for at once, so a commit costs one
+ * device round trip per group rather than one per slice, and the slices of
+ * one L2 or refcount table that are dirty together go as one request.  The
+ * caller excludes concurrent modification and orders the groups.  Returns
+ * the number of slices written or the first error; failed slices stay dirty.
  */
 int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 {
@@ -487,6 +501,7 @@ int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 	spin_unlock(&c->lock);
 	if (!nr)
 		return 0;
+	list_sort(NULL, &batch, qcow2_wb_cmp);
 
 	wbbs = kvcalloc(nr, sizeof(*wbbs), GFP_NOIO);
 	atomic_set(&wb.pending, 1);
