@@ -1937,10 +1937,10 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qcow2_l2_entry_load(qi, qcow2_slice_data(s), qb->alloc_idx, &old);
 	if (old.entry || old.bitmap)
 		goto put;
-	/* The data alone, or with zeros around it unless zeroed ahead. */
-	w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
-	if (!w)
-		goto put;
+	/*
+	 * The data alone (w), or with zeros around it (fill); with both, the
+	 * allocation picks: w if the cluster was zeroed ahead.
+	 */
 	if (start != off || end != off + len) {
 		if (end - start <= QCOW2_FILL_INLINE)
 			fill = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len,
@@ -1948,11 +1948,16 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		if (!fill)
 			goto put;
 	}
+	if (!fill || !test_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags)) {
+		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
+		if (!w)
+			goto put;
+	}
 	if (!qcow2_cache_reserve(qt->cache, QCOW2_MAP_ALLOC_SLICES))
 		goto put;
 	h = -EWOULDBLOCK;
 	if (mutex_trylock(&qt->meta_lock)) {
-		h = __qcow2_alloc_cluster(qt, true, fill ? &zeroed : NULL);
+		h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
@@ -1972,7 +1977,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 			qb->alloc_entry.bitmap |= 1ULL << sc;
 
 	if (fill && !zeroed) {
-		bio_put(w);
+		if (w)
+			bio_put(w);
 		w = fill;
 		w->bi_iter.bi_sector = (h + start) >> SECTOR_SHIFT;
 	} else {
