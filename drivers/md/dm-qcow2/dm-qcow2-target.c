@@ -648,6 +648,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	init_waitqueue_head(&qt->fast_wait);
 	INIT_LIST_HEAD(&qt->deferred);
 	INIT_WORK(&qt->zero_work, qcow2_zero_ahead_work);
+	init_waitqueue_head(&qt->zero_wait);
 	xa_init(&qt->meta_index);
 	init_waitqueue_head(&qt->inflight_wait);
 	atomic_set(&qt->inflight[0], 0);

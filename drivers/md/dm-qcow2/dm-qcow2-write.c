@@ -511,8 +511,10 @@ static int qcow2_new_refblock(struct qcow2_target *qt, u64 rt)
  * owned the device: the allocator moves zero_lo past every cluster it hands
  * out, and a reload (after a suspend, when userspace may have written the
  * image) empties the range.  Freed clusters never re-enter it, as they lie
- * below zero_lo.  meta_lock is held while the range is zeroed, so that no
- * allocation can take a cluster of it before the zeros are written.
+ * below zero_lo.  The zeros are written without meta_lock, the clusters
+ * being zeroed in [zero_pend_lo, zero_pend_hi) meanwhile: an allocation that
+ * comes to one of them waits for the zeros (or, in map(), leaves it to the
+ * worker), so that they never race its data, and moves zero_pend_lo past it.
  */
 #define QCOW2_ZERO_AHEAD	(4U << 20)
 
@@ -528,11 +530,11 @@ static void qcow2_zero_ahead_kick(struct qcow2_target *qt)
 /*
  * Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock.
  * With @nowait (from map(), where nothing may wait for I/O), -EWOULDBLOCK
- * rather than a metadata read, a new refcount block, reporting a full
- * device or reporting corruption (which writes the header): the worker
- * does those.  Callers with a use for a cluster that reads zeros (a write of
- * part of it) pass @zeroed: *@zeroed says whether it does (zeroed ahead, see
- * qcow2_zero_ahead_work()).
+ * rather than a metadata read, a new refcount block, a wait for zeroing
+ * ahead, reporting a full device or reporting corruption (which writes the
+ * header): the worker does those.  Callers with a use for a cluster that
+ * reads zeros (a write of part of it) pass @zeroed: *@zeroed says whether
+ * it does (zeroed ahead, see qcow2_zero_ahead_work()).
  */
 static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zeroed)
 {
@@ -569,6 +571,20 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zer
 					return -EWOULDBLOCK;
 				qcow2_corrupt(qt, "refcount of a metadata cluster is 0");
 				return -EIO;
+			}
+			if (c >= qt->zero_pend_lo && c < qt->zero_pend_hi) {
+				/*
+				 * Its zeros are being written: not to race them.
+				 * Acquire: pairs with the release in
+				 * qcow2_zero_ahead_work() once they are written.
+				 */
+				if (nowait && smp_load_acquire(&qt->zero_busy)) {
+					qcow2_slice_put(qt->cache, s);
+					return -EWOULDBLOCK;
+				}
+				/* Acquire, as above. */
+				wait_event(qt->zero_wait, !smp_load_acquire(&qt->zero_busy));
+				qt->zero_pend_lo = c + 1;
 			}
 			qcow2_refcount_set(qcow2_slice_data(s), qi->refcount_order, idx, 1);
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_REFCOUNT);
@@ -662,8 +678,20 @@ void qcow2_zero_ahead_work(struct work_struct *work)
 	hi = qcow2_free_run(qt, &lo, want);
 	if (hi == lo)
 		goto unlock;
+	/* Allocations may go on meanwhile, but wait to take one of these. */
+	qt->zero_pend_lo = lo;
+	qt->zero_pend_hi = hi;
+	WRITE_ONCE(qt->zero_busy, true);
+	mutex_unlock(&qt->meta_lock);
 	r = blkdev_issue_zeroout(bdev, lo << (cb - SECTOR_SHIFT), (hi - lo) << (cb - SECTOR_SHIFT),
 				 GFP_NOIO, BLKDEV_ZERO_NOFALLBACK);
+	/* The zeros are on the device before anyone sees this. */
+	smp_store_release(&qt->zero_busy, false);
+	wake_up_all(&qt->zero_wait);
+	mutex_lock(&qt->meta_lock);
+	lo = qt->zero_pend_lo;	/* past the clusters taken meanwhile */
+	qt->zero_pend_lo = 0;
+	qt->zero_pend_hi = 0;
 	if (r) {
 		/* Harmless (the clusters are free), but do not try again. */
 		DMWARN_LIMIT("%s: zeroing free clusters failed (%d): no zeroing ahead",
@@ -671,6 +699,8 @@ void qcow2_zero_ahead_work(struct work_struct *work)
 		set_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags);
 		goto unlock;
 	}
+	if (lo >= hi)
+		goto unlock;
 	if (lo != qt->zero_hi)
 		qt->zero_lo = lo;
 	qt->zero_hi = hi;

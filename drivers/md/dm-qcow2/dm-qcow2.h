@@ -136,6 +136,10 @@ struct qcow2_target {
 	/* host clusters [zero_lo, zero_hi) are free and read zeros */
 	u64 zero_lo, zero_hi;
 	struct work_struct zero_work;	/* qcow2_zero_ahead_work() */
+	/* [zero_pend_lo, zero_pend_hi): being zeroed while zero_busy */
+	u64 zero_pend_lo, zero_pend_hi;
+	bool zero_busy;
+	wait_queue_head_t zero_wait;
 	struct list_head deferred;	/* frees waiting for the next commit */
 	unsigned int nr_deferred;
 	bool discard_passdown;
