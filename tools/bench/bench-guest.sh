@@ -73,6 +73,7 @@ VDUSE_NAME=bench-vduse
 CHAIN_LOOPS=()
 DEVPATH=""
 ATTACH_MS=0
+STAT_DEVS=()	# block devices under raw and dm-qcow2 (/sys/class/block names)
 BACKENDS=(raw qcow2 nbd vduse)
 HAVE_NBD=0
 HAVE_VDUSE=0
@@ -107,6 +108,31 @@ wl_args() {
 }
 
 wl_unit() { case $1 in sr|sw) echo MiB/s ;; *) echo IOPS ;; esac; }
+
+# stat_devs DEV...: remember the devices whose requests devstat counts
+stat_devs() {
+	local d
+	STAT_DEVS=()
+	for d in "$@"; do
+		d=$(readlink -f "$d")
+		STAT_DEVS+=("${d##*/}")
+	done
+}
+
+# Requests completed by the STAT_DEVS, summed, as JSON (fields of
+# Documentation/block/stat.rst: reads, writes (incl. write-zeroes), discards,
+# flushes).  Builtins only: no exec between the counters and fio.
+devstat() {
+	local d f r=0 w=0 dc=0 fl=0
+	for d in "${STAT_DEVS[@]}"; do
+		[ -r "/sys/class/block/$d/stat" ] || { echo null; return; }
+		read -r -a f < "/sys/class/block/$d/stat"
+		r=$((r + f[0])); w=$((w + f[4]))
+		dc=$((dc + ${f[11]:-0})); fl=$((fl + ${f[15]:-0}))
+	done
+	[ ${#STAT_DEVS[@]} -gt 0 ] || { echo null; return; }
+	printf '{"reads":%s,"writes":%s,"discards":%s,"flushes":%s}\n' "$r" "$w" "$dc" "$fl"
+}
 
 # dm-qcow2 status fields after the target name, as JSON (no jq: cheaper)
 qcow2_status() {
@@ -204,6 +230,7 @@ attach_raw() {
 	[ -b /dev/mapper/bench-raw ] || dmsetup mknodes bench-raw
 	ATTACH_MS=$(($(now_ms) - t0))
 	DEVPATH=/dev/mapper/bench-raw
+	stat_devs "$dev"
 }
 
 # attach_qcow2 rw|ro SIZE CACHE_SIZE TOP [BACKING...]   (CACHE_SIZE "" = default)
@@ -224,6 +251,7 @@ attach_qcow2() {
 	ATTACH_MS=$(($(now_ms) - t0))
 	[ -b /dev/mapper/bench-qcow2 ] || dmsetup mknodes bench-qcow2
 	DEVPATH=/dev/mapper/bench-qcow2
+	stat_devs "$top" "$@"
 }
 
 # attach_nbd rw|ro TOP   (backing files are opened by qemu from the headers)
@@ -367,7 +395,7 @@ fio_args() {
 # measured run.  Few execs: each costs ~0.1-0.5 s under TCG.
 point() {
 	local kind=$1 variant=$2 wl=$3 be=$4 region=$5 mode=$6 cap=${7:-0}
-	local st0=null st1=null t0 err="" out=$TMP/fio.json
+	local st0=null st1=null ds0=null ds1=null t0 err="" out=$TMP/fio.json
 	if [ ! -b "$DEVPATH" ]; then
 		failed "$kind" "$variant" "$wl" "$be" "$DEVPATH is not a block device"
 		return
@@ -377,10 +405,12 @@ point() {
 		fio "${FIO_ARGS[@]}" 2>"$TMP/fio.err" || err="warm-up: $(head -c 300 "$TMP/fio.err")"
 	fi
 	[ "$be" = qcow2 ] && st0=$(qcow2_status bench-qcow2)
+	case $be in raw|qcow2) ds0=$(devstat) ;; esac
 	fio_args "$DEVPATH" "$wl" "$region" "$mode" "$cap"
 	rm -f "$out"
 	t0=$(now_ms)
 	fio "${FIO_ARGS[@]}" >"$out" 2>"$TMP/fio.err" || err+="fio: $(head -c 300 "$TMP/fio.err")"
+	case $be in raw|qcow2) ds1=$(devstat) ;; esac
 	[ "$be" = qcow2 ] && st1=$(qcow2_status bench-qcow2)
 	# One jq: the BENCH-POINT line, then a summary line for the log.
 	# (failed when there is no output or jq cannot read it)
@@ -390,11 +420,13 @@ point() {
 		--arg unit "$(wl_unit "$wl")" --arg mode "$mode" --argjson cap "$cap" \
 		--argjson region "$region" --argjson attach_ms "$ATTACH_MS" \
 		--argjson t "$t0" --argjson st0 "$st0" --argjson st1 "$st1" \
+		--argjson ds0 "$ds0" --argjson ds1 "$ds1" \
 		--arg dev "$DEVPATH" --arg err "$err" --argjson rep "${REP:-1}" \
 		'(.jobs[0] // {}) as $j |
 		 {kind: $k, variant: $v, workload: $w, backend: $b, unit: $unit, mode: $mode, rep: $rep,
 		  region: $region, cap: (if $mode == "alloc" then $cap else null end),
 		  attach_ms: $attach_ms, t_ms: $t, dev: $dev, status_before: $st0, status_after: $st1,
+		  devstat_before: $ds0, devstat_after: $ds1,
 		  ios: (($j.read.total_ios // 0) + ($j.write.total_ios // 0)),
 		  iops: (($j.read.iops // 0) + ($j.write.iops // 0)),
 		  mibs: ((($j.read.bw_bytes // 0) + ($j.write.bw_bytes // 0)) / 1048576),

@@ -149,6 +149,19 @@ def counters(p):
             "dirty_after": a["dirty_slices"], "io_errors": a["io_errors"]}
 
 
+def devreqs(p):
+    """Requests the devices under the backend completed, per I/O of the point."""
+    if not p:
+        return None
+    a, b = p.get("devstat_after"), p.get("devstat_before")
+    ios = p.get("ios") or 0
+    if not a or not b or not ios:
+        return None
+    d = {k: (a[k] - b[k]) / ios for k in ("reads", "writes", "discards", "flushes")}
+    d["total"] = sum(d.values())
+    return d
+
+
 def build_rows(points):
     by = {key(p): p for p in points}		# the last run of a point
     runs = {}				# every run (BENCH_REPEAT)
@@ -176,7 +189,7 @@ def build_rows(points):
         row = {"kind": kind, "variant": variant, "workload": wl,
                "label": kind_label(kind, variant), "workload_label": WORKLOADS.get(wl, wl),
                "unit": "MiB/s" if wl in ("sr", "sw") else "IOPS", "values": {},
-               "raw_from": None}
+               "raw_from": None, "raw_dev": devreqs(by.get((kind, variant, wl, "raw")))}
         row["runs"] = {}
         for be in BACKENDS:
             vals = [p["value"] for p in runs.get((kind, variant, wl, be), [])
@@ -192,6 +205,7 @@ def build_rows(points):
                 if v is not None:
                     row["values"]["raw"] = v
                     row["raw_from"] = src[0]
+                    row["raw_dev"] = devreqs(by.get(src + (wl, "raw")))
                     break
         q, r, n = (row["values"][b] for b in ("qcow2", "raw", "nbd"))
         row["qcow2_raw"] = q / r if q and r else None
@@ -204,6 +218,7 @@ def build_rows(points):
         row["qcow2_nbd"] = q / n if q and n else None
         qp = by.get((kind, variant, wl, "qcow2"))
         row["qcow2_counters"] = counters(qp) if qp else None
+        row["qcow2_dev"] = devreqs(qp)
         rows.append(row)
     return rows
 
@@ -476,16 +491,27 @@ def main():
         md.append("")
     md.append("### dm-qcow2 counters per point (during the measured run, after the warm-up)")
     md.append("")
-    md.append("| workload | image kind | slice lookups | miss % | metadata reads | per I/O | cache used/slots after |")
-    md.append("|---|---|--:|--:|--:|--:|--:|")
+    md.append("| workload | image kind | slice lookups | miss % | metadata reads | per I/O "
+              "| cache used/slots after | device requests per I/O: reads / writes / flushes "
+              "| raw's |")
+    md.append("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         cn = r["qcow2_counters"]
         if not cn:
             continue
-        md.append("| %s | %s | %d | %.2f | %d | %s | %s |" % (
+        dq, dr = r.get("qcow2_dev"), r.get("raw_dev")
+        md.append("| %s | %s | %d | %.2f | %d | %s | %s | %s | %s |" % (
             r["workload_label"], r["label"], cn["hits"] + cn["misses"], cn["miss_pct"],
             cn["metadata_reads"], "%.3f" % cn["md_per_io"] if cn["md_per_io"] is not None else "",
-            cn["cache"]))
+            cn["cache"],
+            "%.2f: %.2f / %.2f / %.3f" % (dq["total"], dq["reads"], dq["writes"], dq["flushes"])
+            if dq else "",
+            "%.2f" % dr["total"] if dr else ""))
+    md.append("")
+    md.append("Device requests: completed by the block devices under dm-qcow2 (the image's, and "
+              "the backing layers' in a chain) and under raw's dm-linear during the measured run "
+              "(/sys/class/block/*/stat: reads, writes including write-zeroes, discards, "
+              "flushes), divided by fio's I/Os; the device may merge or split requests.")
     md.append("")
     md.append("## How it was measured")
     md.append("")
