@@ -321,6 +321,8 @@ static void qcow2_dispatch(struct qcow2_target *qt, struct bio *bio,
 
 	switch (run->type) {
 	case QCOW2_RUN_DATA:
+		if (run->layer->idx)
+			qcow2_count(qt, QCOW2_STAT_BACKING_READS);
 		bio_set_dev(bio, run->layer->dev->bdev);
 		bio->bi_iter.bi_sector = run->host >> SECTOR_SHIFT;
 		if (original)
@@ -332,6 +334,7 @@ static void qcow2_dispatch(struct qcow2_target *qt, struct bio *bio,
 		qcow2_bio_zero(bio);
 		return;
 	case QCOW2_RUN_COMPRESSED:
+		qcow2_count(qt, QCOW2_STAT_COMPRESSED_READS);
 		r = qcow2_read_compressed(qt, run->layer, run->entry,
 					  run->offset_in_cluster, bio);
 		if (r) {
@@ -433,6 +436,7 @@ void qcow2_bio_work(struct work_struct *work)
 		qcow2_inflight_get(qt, qb);
 
 	if (op_is_flush(bio->bi_opf) && !bio_sectors(bio)) {
+		qcow2_count(qt, QCOW2_STAT_FLUSHES);
 		bio->bi_status = errno_to_blk_status(qcow2_commit(qt, false));
 		bio_endio(bio);
 	} else if (bio_op(bio) == REQ_OP_READ) {
@@ -535,6 +539,7 @@ static void qcow2_defer(struct qcow2_target *qt, struct bio *bio)
 	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
 
 	qcow2_inflight_put(qt, qb);
+	qcow2_count(qt, QCOW2_STAT_DEFERRED);
 	qb->qt = qt;
 	INIT_WORK(&qb->work, qcow2_bio_work);
 	queue_work(qt->wq, &qb->work);
@@ -567,6 +572,7 @@ static int qcow2_map_write(struct qcow2_target *qt, struct bio *bio)
 	}
 	if (run < len)
 		dm_accept_partial_bio(bio, run >> SECTOR_SHIFT);
+	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
 	bio_set_dev(bio, qt->layers[0].dev->bdev);
 	bio->bi_iter.bi_sector = host >> SECTOR_SHIFT;
 	return DM_MAPIO_REMAPPED;
@@ -614,10 +620,14 @@ int qcow2_map(struct dm_target *ti, struct bio *bio)
 
 	switch (run.type) {
 	case QCOW2_RUN_DATA:
+		qcow2_count(qt, QCOW2_STAT_MAP_READS);
+		if (run.layer->idx)
+			qcow2_count(qt, QCOW2_STAT_BACKING_READS);
 		bio_set_dev(bio, run.layer->dev->bdev);
 		bio->bi_iter.bi_sector = run.host >> SECTOR_SHIFT;
 		return DM_MAPIO_REMAPPED;
 	case QCOW2_RUN_ZERO:
+		qcow2_count(qt, QCOW2_STAT_MAP_READS);
 		qcow2_bio_zero(bio);
 		return DM_MAPIO_SUBMITTED;
 	default:

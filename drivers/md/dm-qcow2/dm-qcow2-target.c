@@ -9,6 +9,7 @@
  */
 #include <linux/ioprio.h>
 #include <linux/module.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
@@ -611,6 +612,7 @@ static void qcow2_dtr(struct dm_target *ti)
 	kvfree(qt->layers);
 	kfree(qt->snapshot_id);
 	qcow2_owner_map_free(qt);
+	free_percpu(qt->stats);
 	kfree(qt);
 }
 
@@ -634,8 +636,12 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	a = kzalloc(sizeof(*a), GFP_KERNEL);
 	qt = kzalloc(sizeof(*qt), GFP_KERNEL);
-	if (!a || !qt) {
+	if (qt)
+		qt->stats = alloc_percpu(struct qcow2_stats);
+	if (!a || !qt || !qt->stats) {
 		kfree(a);
+		if (qt)
+			free_percpu(qt->stats);
 		kfree(qt);
 		ti->error = "Cannot allocate memory";
 		return -ENOMEM;
@@ -824,6 +830,82 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
+static const char * const qcow2_stat_names[] = {
+	[QCOW2_STAT_MAP_READS] = "map_reads",
+	[QCOW2_STAT_MAP_WRITES] = "map_writes",
+	[QCOW2_STAT_DEFERRED] = "deferred",
+	[QCOW2_STAT_BACKING_READS] = "backing_reads",
+	[QCOW2_STAT_COMPRESSED_READS] = "compressed_reads",
+	[QCOW2_STAT_MAP_ALLOCS] = "map_allocs",
+	[QCOW2_STAT_WORKER_ALLOCS] = "worker_allocs",
+	[QCOW2_STAT_COPIES] = "copies",
+	[QCOW2_STAT_ZERO_FILLS] = "zero_fills",
+	[QCOW2_STAT_ZEROED_ALLOCS] = "zeroed_allocs",
+	[QCOW2_STAT_ZERO_AHEAD] = "zero_ahead",
+	[QCOW2_STAT_ZERO_AHEAD_CLUSTERS] = "zero_ahead_clusters",
+	[QCOW2_STAT_ZERO_AHEAD_WAITS] = "zero_ahead_waits",
+	[QCOW2_STAT_ZEROED_CLUSTERS] = "zeroed_clusters",
+	[QCOW2_STAT_FREED_CLUSTERS] = "freed_clusters",
+	[QCOW2_STAT_FLUSHES] = "flushes",
+	[QCOW2_STAT_COMMITS] = "commits",
+	[QCOW2_STAT_COMMIT_USECS] = "commit_usecs",
+};
+
+/* "stats": one "<name> <value>" line per counter, summed over CPUs. */
+static void qcow2_emit_stats(struct qcow2_target *qt, char *result,
+			     unsigned int maxlen)
+{
+	unsigned int sz = 0, i;
+	int cpu;
+
+	BUILD_BUG_ON(ARRAY_SIZE(qcow2_stat_names) != QCOW2_STAT_NR);
+	for (i = 0; i < QCOW2_STAT_NR; i++) {
+		u64 sum = 0;
+
+		for_each_possible_cpu(cpu)
+			sum += per_cpu_ptr(qt->stats, cpu)->v[i];
+		DMEMIT("%s %llu\n", qcow2_stat_names[i], sum);
+	}
+}
+
+/*
+ * "commit": write all metadata back now (and, with lazy refcounts, clear
+ * the dirty bit), so that the image on the device is consistent, for a
+ * backup or a snapshot of the device below, while the target stays mapped.
+ */
+static int qcow2_message_commit(struct qcow2_target *qt)
+{
+	unsigned int noio;
+	int r;
+
+	if (READ_ONCE(qt->mode) == QCOW2_MODE_FAIL)
+		return -EIO;
+	/* Read-only, or suspended: nothing is left to write. */
+	if (READ_ONCE(qt->mode) != QCOW2_MODE_RW || READ_ONCE(qt->suspended))
+		return 0;
+	/* Its allocations must not recurse into writes through this target. */
+	noio = memalloc_noio_save();
+	r = qcow2_commit_clean(qt);
+	memalloc_noio_restore(noio);
+	return r;
+}
+
+static int qcow2_message(struct dm_target *ti, unsigned int argc, char **argv,
+			 char *result, unsigned int maxlen)
+{
+	struct qcow2_target *qt = ti->private;
+
+	if (argc == 1 && !strcasecmp(argv[0], "stats")) {
+		qcow2_emit_stats(qt, result, maxlen);
+		return 1;	/* result holds output */
+	}
+	if (argc == 1 && !strcasecmp(argv[0], "commit"))
+		return qcow2_message_commit(qt);
+	DMWARN("%s: unrecognised message '%s'%s", qcow2_dev_name(qt),
+	       argc ? argv[0] : "", argc > 1 ? " (too many arguments)" : "");
+	return -EINVAL;
+}
+
 static int qcow2_iterate_devices(struct dm_target *ti,
 				 iterate_devices_callout_fn fn, void *data)
 {
@@ -927,7 +1009,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,
@@ -937,6 +1019,7 @@ static struct target_type qcow2_target = {
 	.preresume = qcow2_preresume,
 	.io_hints = qcow2_io_hints,
 	.status = qcow2_status,
+	.message = qcow2_message,
 	.iterate_devices = qcow2_iterate_devices,
 };
 

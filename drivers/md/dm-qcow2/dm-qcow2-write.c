@@ -35,6 +35,7 @@
  */
 #include <linux/blkdev.h>
 #include <linux/hash.h>
+#include <linux/ktime.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
@@ -527,6 +528,13 @@ static void qcow2_zero_ahead_kick(struct qcow2_target *qt)
 	queue_work(qt->wq, &qt->zero_work);
 }
 
+/* Zeroing ahead has a write-zeroes in flight over [zero_pend_lo, zero_pend_hi). */
+static bool qcow2_zero_busy(struct qcow2_target *qt)
+{
+	/* Pairs with the release in qcow2_zero_ahead_work() once written. */
+	return smp_load_acquire(&qt->zero_busy);
+}
+
 /*
  * Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock.
  * With @nowait (from map(), where nothing may wait for I/O), -EWOULDBLOCK
@@ -573,17 +581,15 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zer
 				return -EIO;
 			}
 			if (c >= qt->zero_pend_lo && c < qt->zero_pend_hi) {
-				/*
-				 * Its zeros are being written: not to race them.
-				 * Acquire: pairs with the release in
-				 * qcow2_zero_ahead_work() once they are written.
-				 */
-				if (nowait && smp_load_acquire(&qt->zero_busy)) {
-					qcow2_slice_put(qt->cache, s);
-					return -EWOULDBLOCK;
+				/* Its zeros are being written: not to race them. */
+				if (qcow2_zero_busy(qt)) {
+					if (nowait) {
+						qcow2_slice_put(qt->cache, s);
+						return -EWOULDBLOCK;
+					}
+					qcow2_count(qt, QCOW2_STAT_ZERO_AHEAD_WAITS);
+					wait_event(qt->zero_wait, !qcow2_zero_busy(qt));
 				}
-				/* Acquire, as above. */
-				wait_event(qt->zero_wait, !smp_load_acquire(&qt->zero_busy));
 				qt->zero_pend_lo = c + 1;
 			}
 			qcow2_refcount_set(qcow2_slice_data(s), qi->refcount_order, idx, 1);
@@ -688,6 +694,10 @@ void qcow2_zero_ahead_work(struct work_struct *work)
 	/* The zeros are on the device before anyone sees this. */
 	smp_store_release(&qt->zero_busy, false);
 	wake_up_all(&qt->zero_wait);
+	if (!r) {
+		qcow2_count(qt, QCOW2_STAT_ZERO_AHEAD);
+		qcow2_count_add(qt, QCOW2_STAT_ZERO_AHEAD_CLUSTERS, hi - lo);
+	}
 	mutex_lock(&qt->meta_lock);
 	lo = qt->zero_pend_lo;	/* past the clusters taken meanwhile */
 	qt->zero_pend_lo = 0;
@@ -809,6 +819,7 @@ static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
 				break;
 			n++;
 			if (!left) {
+				qcow2_count(qt, QCOW2_STAT_FREED_CLUSTERS);
 				/* Freed: nothing may find stale metadata there. */
 				qcow2_cache_invalidate(qt->cache, top, c << cb, 1ULL << cb);
 				if (qt->discard_passdown)
@@ -948,11 +959,16 @@ int qcow2_commit(struct qcow2_target *qt, bool full)
 	if (*started > seen) {
 		r = qt->commit_error;
 	} else {
+		u64 t0 = ktime_get_ns();
+
 		qt->commits_started++;
 		if (full)
 			qt->full_commits_started++;
 		r = __qcow2_commit(qt, full);
 		qt->commit_error = r;
+		qcow2_count(qt, QCOW2_STAT_COMMITS);
+		qcow2_count_add(qt, QCOW2_STAT_COMMIT_USECS,
+				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
 	}
 	mutex_unlock(&qt->commit_mutex);
 	return r;
@@ -1424,7 +1440,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	struct qcow2_l2_entry old, new;
 	enum qcow2_cluster_type t;
 	u64 slice_off, host, old_host = 0, free_len = 0;
-	bool in_place, alloc = false, want_zeros, zeroed = false;
+	bool in_place, alloc = false, want_zeros, zeroed = false, fill_zero;
 	struct qcow2_slice *s, *pre;
 	u32 start, end;
 	const char *err;
@@ -1520,19 +1536,26 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			off + len : (sc_last + 1) << scb;
 	}
 
+	if (alloc)
+		qcow2_count(qt, QCOW2_STAT_WORKER_ALLOCS);
+	fill_zero = qcow2_fill_is_zero(qt, &old, start, end, off, len);
 	r = -EOPNOTSUPP;
-	if (start == off && end == off + len && bio)
+	if (start == off && end == off + len && bio) {
 		r = qcow2_write_bio_at(qt, bio, host + off);
-	else if (bio && qcow2_fill_is_zero(qt, &old, start, end, off, len)) {
+	} else if (bio && fill_zero) {
 		if (zeroed) {
+			qcow2_count(qt, QCOW2_STAT_ZEROED_ALLOCS);
 			r = qcow2_write_bio_at(qt, bio, host + off);
 		} else {
+			qcow2_count(qt, QCOW2_STAT_ZERO_FILLS);
 			r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
 			if (alloc)
 				qcow2_zero_ahead_kick(qt);
 		}
 	}
 	if (r == -EOPNOTSUPP) {
+		if (!fill_zero)
+			qcow2_count(qt, QCOW2_STAT_COPIES);
 		buf = kvmalloc(end - start, GFP_NOIO);
 		r = buf ? qcow2_fill_around(qt, &old, guest_cluster, start, end,
 					    off, len, buf) : -ENOMEM;
@@ -1659,6 +1682,7 @@ static int qcow2_zero_whole_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	if (new.entry != old.entry || new.bitmap != old.bitmap) {
 		qcow2_l2_entry_store(qi, qcow2_slice_data(s), l2_idx, &new);
 		qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+		qcow2_count(qt, QCOW2_STAT_ZEROED_CLUSTERS);
 	}
 	qcow2_slice_put(qt->cache, s);
 
@@ -1846,6 +1870,7 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	}
 	qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 	qcow2_slice_put(qt->cache, s);
+	qcow2_count_add(qt, QCOW2_STAT_WORKER_ALLOCS, k);
 	r = k;
 unlock:
 	mutex_unlock(&qt->meta_lock);
@@ -1997,6 +2022,10 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
 	if (h < 0)
 		goto put;
+	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
+	qcow2_count(qt, QCOW2_STAT_MAP_ALLOCS);
+	if (fill)
+		qcow2_count(qt, zeroed ? QCOW2_STAT_ZEROED_ALLOCS : QCOW2_STAT_ZERO_FILLS);
 	/* Dirty now: stays in the cache, unwritten, until the entry is in. */
 	qb->alloc_l2 = qcow2_slice_data(s);
 	qcow2_slice_put(qt->cache, s);

@@ -14,6 +14,7 @@
 #include <linux/dm-io.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
+#include <linux/percpu.h>
 #include <linux/rwsem.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
@@ -53,6 +54,40 @@ enum qcow2_mode {
 	QCOW2_MODE_RW,
 	QCOW2_MODE_FAIL,
 };
+
+/*
+ * Counters of the "stats" message, per CPU (summed when read).  The names
+ * printed are in dm-qcow2-target.c; Documentation/.../qcow2.rst says what
+ * each counts.
+ */
+enum qcow2_stat {
+	QCOW2_STAT_MAP_READS,
+	QCOW2_STAT_MAP_WRITES,
+	QCOW2_STAT_DEFERRED,
+	QCOW2_STAT_BACKING_READS,
+	QCOW2_STAT_COMPRESSED_READS,
+	QCOW2_STAT_MAP_ALLOCS,
+	QCOW2_STAT_WORKER_ALLOCS,
+	QCOW2_STAT_COPIES,
+	QCOW2_STAT_ZERO_FILLS,
+	QCOW2_STAT_ZEROED_ALLOCS,
+	QCOW2_STAT_ZERO_AHEAD,
+	QCOW2_STAT_ZERO_AHEAD_CLUSTERS,
+	QCOW2_STAT_ZERO_AHEAD_WAITS,
+	QCOW2_STAT_ZEROED_CLUSTERS,
+	QCOW2_STAT_FREED_CLUSTERS,
+	QCOW2_STAT_FLUSHES,
+	QCOW2_STAT_COMMITS,
+	QCOW2_STAT_COMMIT_USECS,
+	QCOW2_STAT_NR
+};
+
+struct qcow2_stats {
+	u64 v[QCOW2_STAT_NR];
+};
+
+#define qcow2_count_add(qt, stat, n)	this_cpu_add((qt)->stats->v[stat], n)
+#define qcow2_count(qt, stat)		qcow2_count_add(qt, stat, 1)
 
 struct qcow2_target;
 
@@ -148,6 +183,7 @@ struct qcow2_target {
 	unsigned int inflight_gen;
 	wait_queue_head_t inflight_wait;
 
+	struct qcow2_stats __percpu *stats;
 	atomic64_t meta_reads;	/* synchronous metadata reads issued */
 	u64 open_reads;		/* ... of which while opening the image */
 	atomic64_t io_errors;	/* bios failed because of bad metadata or I/O */
