@@ -268,6 +268,39 @@ int dm_remove_dev(const char *name)
 	return e == EBUSY || strstr(last_err, "busy") ? -EBUSY : -EIO;
 }
 
+/*
+ * Send the target message @msg to sector 0 of @name.  With @response, a
+ * copy of the target's answer goes there (NULL when it sent none).
+ * 0 or -errno of the ioctl (-ENXIO: no such device).
+ */
+int dm_message(const char *name, const char *msg, char **response)
+{
+	struct dm_task *dmt = dm_task_create(DM_DEVICE_TARGET_MSG);
+	const char *resp;
+	int e;
+
+	last_err[0] = '\0';
+	if (response)
+		*response = NULL;
+	if (!dmt)
+		return -ENOMEM;
+	if (!dm_task_set_name(dmt, name) || !dm_task_set_sector(dmt, 0) ||
+	    !dm_task_set_message(dmt, msg)) {
+		dm_task_destroy(dmt);
+		return -EINVAL;
+	}
+	if (!dm_task_run(dmt)) {
+		e = dm_task_get_errno(dmt);
+		dm_task_destroy(dmt);
+		return e ? -e : -EIO;
+	}
+	resp = dm_task_get_message_response(dmt);
+	if (response && resp)
+		*response = xstrdup(resp);
+	dm_task_destroy(dmt);
+	return 0;
+}
+
 void table_free(struct parsed_table *t)
 {
 	free(t->layers);

@@ -5,6 +5,8 @@
  *   qcow2setup open IMAGE NAME [options]   map IMAGE as /dev/mapper/NAME
  *   qcow2setup close NAME [--force]        remove the mapping
  *   qcow2setup status NAME [--json]
+ *   qcow2setup stats NAME [--json]         the target's counters
+ *   qcow2setup commit NAME                 write the metadata back
  *   qcow2setup list [--json]
  *   qcow2setup info IMAGE [--json]
  *
@@ -47,6 +49,11 @@ static const char usage_text[] =
 "  close NAME [--force]       remove the mapping (and the loop devices it used);\n"
 "                             --force: also a device not made by qcow2setup\n"
 "  status NAME [--json]       show a mapping: layers, sizes, cache, counters\n"
+"  stats NAME [--json]        show the target's statistics counters, one\n"
+"                             'name value' per line\n"
+"  commit NAME                write all dirty metadata back (and clear the\n"
+"                             dirty bit of lazy refcounts): the image is\n"
+"                             consistent while it stays mapped\n"
 "  list [--json]              list the qcow2setup mappings\n"
 "  info IMAGE [--json]        show the header, snapshots and backing chain of\n"
 "                             IMAGE without mapping it\n"
@@ -58,8 +65,8 @@ static const char usage_text[] =
 "  1  usage error (bad option or argument, ambiguous snapshot name)\n"
 "  2  image or format error (not qcow2, unsupported feature, loop in the chain,\n"
 "     chain too long, missing backing format, unreadable image)\n"
-"  3  device-mapper or kernel error (the kernel refused the table, no qcow2\n"
-"     target, loop device setup failed)\n"
+"  3  device-mapper or kernel error (the kernel refused the table or a\n"
+"     message, no qcow2 target, loop device setup failed, not a qcow2 device)\n"
 "  4  busy or locked (image in use by QEMU or another mapping, device exists\n"
 "     or is open)\n"
 "  5  not found (image, backing file, device or snapshot)\n";
@@ -978,6 +985,178 @@ static int cmd_list(bool json)
 	return 0;
 }
 
+/* --------------------------------------------------------- stats, commit */
+
+/* @name exists and has a single qcow2 target (any such device, as status). */
+static int check_qcow2_dev(const char *name)
+{
+	struct dm_dev_info di;
+	int r;
+
+	r = dm_get(name, false, &di);
+	if (r == -ENXIO)
+		return fail(EXIT_NOTFOUND, "no device %s", name);
+	if (r)
+		return fail(EXIT_DM, "cannot query device %s: %s%s", name, dm_last_error(),
+			    geteuid() ? " (run as root)" : "");
+	if (!di.target || strcmp(di.target, TARGET_NAME))
+		r = fail(EXIT_DM, "%s is not a qcow2 device (target %s)", name,
+			 di.target ? di.target : "none");
+	else if (di.nr_targets != 1)
+		r = fail(EXIT_DM, "%s is not a qcow2 device (%u targets)", name, di.nr_targets);
+	dm_info_free(&di);
+	return r;
+}
+
+/* Exit code and message for the target message @msg that failed with @r. */
+static int message_failed(const char *name, const char *msg, int r)
+{
+	unsigned int tver[3] = { 0 };
+	struct status_fields f;
+	struct dm_dev_info di;
+	char err[512];
+
+	/* the queries below may replace libdevmapper's message */
+	snprintf(err, sizeof(err), "%s", dm_last_error());
+	if (r == -ENXIO)
+		return fail(EXIT_NOTFOUND, "no device %s", name);
+	if (r == -EINVAL && dm_has_target(TARGET_NAME, tver))
+		return fail(EXIT_DM, "the kernel refused the %s message for %s (%s): "
+			    "the loaded qcow2 target (version %u.%u.%u) may not support it",
+			    msg, name, err, tver[0], tver[1], tver[2]);
+	if (r == -EIO && !dm_get(name, true, &di)) {
+		parse_status(di.status, &f);
+		dm_info_free(&di);
+		if (f.ok && !strcmp(f.mode, "fail"))
+			return fail(EXIT_DM, "%s of %s failed (%s): the target is in fail mode; "
+				    "'dmesg | grep qcow2' shows why", msg, name, err);
+	}
+	return fail(EXIT_DM, "%s of %s failed: %s", msg, name, err);
+}
+
+struct counter {
+	const char *name;
+	unsigned long long val;
+};
+
+/* @line made printable and cut to fit @buf, for an error message. */
+static const char *excerpt(const char *line, char *buf, size_t len)
+{
+	size_t i;
+
+	for (i = 0; line[i] && i + 1 < len; i++)
+		buf[i] = isprint((unsigned char)line[i]) ? line[i] : '?';
+	buf[i] = '\0';
+	return buf;
+}
+
+/*
+ * The answer to "stats": a line "<name> <value>" per counter, names of
+ * [a-z0-9_], values unsigned decimal (qcow2.rst, "Messages"); the set of
+ * counters may grow.  Splits @text in place: the names point into it.
+ */
+static int parse_stats(const char *name, char *text, struct counter **out,
+		       unsigned int *nr)
+{
+	struct counter *v;
+	unsigned int n = 0, cap = 1, lineno = 0, i;
+	char *line, *end, *num, buf[64];
+	size_t nlen, digits;
+
+	for (end = text; *end; end++)
+		cap += *end == '\n';
+	v = xcalloc(cap, sizeof(*v));
+	for (line = text; *line; line = end) {
+		lineno++;
+		end = strchr(line, '\n');
+		if (end)
+			*end++ = '\0';
+		else
+			end = line + strlen(line);
+		nlen = strspn(line, "abcdefghijklmnopqrstuvwxyz0123456789_");
+		num = line + nlen + strspn(line + nlen, " \t");
+		digits = strspn(num, "0123456789");
+		if (!nlen || num == line + nlen || !digits || num[digits])
+			goto bad;
+		errno = 0;
+		v[n].val = strtoull(num, NULL, 10);
+		if (errno)
+			goto bad;
+		line[nlen] = '\0';
+		for (i = 0; i < n && strcmp(v[i].name, line); i++)
+			;
+		if (i < n) {
+			free(v);
+			return fail(EXIT_DM, "the stats of %s list the counter %s twice",
+				    name, line);
+		}
+		v[n++].name = line;
+	}
+	*out = v;
+	*nr = n;
+	return 0;
+bad:
+	free(v);
+	return fail(EXIT_DM, "malformed line %u in the stats of %s: \"%s\"", lineno, name,
+		    excerpt(line, buf, sizeof(buf)));
+}
+
+static int cmd_stats(const char *name, bool json)
+{
+	struct counter *v = NULL;
+	unsigned int nr = 0, i;
+	char *resp = NULL;
+	int r;
+
+	r = check_qcow2_dev(name);
+	if (r)
+		return r;
+	r = dm_message(name, "stats", &resp);
+	if (r)
+		return message_failed(name, "stats", r);
+	if (!resp || !resp[0]) {
+		free(resp);
+		return fail(EXIT_DM, "the qcow2 target of %s sent no statistics "
+			    "(the loaded target may not support the stats message)", name);
+	}
+	r = parse_stats(name, resp, &v, &nr);
+	if (r)
+		goto out;
+	if (json) {
+		struct json j = { 0 };
+
+		json_begin_obj(&j, NULL);
+		json_str(&j, "name", name);
+		json_begin_obj(&j, "stats");
+		for (i = 0; i < nr; i++)
+			json_u64(&j, v[i].name, v[i].val);
+		json_end_obj(&j);
+		json_end_obj(&j);
+		json_finish(&j);
+	} else {
+		for (i = 0; i < nr; i++)
+			printf("%s %llu\n", v[i].name, v[i].val);
+	}
+out:
+	free(v);
+	free(resp);
+	return r;
+}
+
+static int cmd_commit(const char *name)
+{
+	int r;
+
+	r = check_qcow2_dev(name);
+	if (r)
+		return r;
+	r = dm_message(name, "commit", NULL);
+	if (r)
+		return message_failed(name, "commit", r);
+	msg_info("committed the metadata of %s", name);
+	return 0;
+}
+
 /* ------------------------------------------------------------------ info */
 
 static const char *compression_name(const struct qcow2_info *qi)
@@ -1293,8 +1472,11 @@ static int run(int argc, char **argv, char **pos)
 			ok = o != OPT_FORCE && o != OPT_JSON;
 		else if (!strcmp(cmd, "close"))
 			ok = o == OPT_FORCE || o == OPT_NO_UDEV_WAIT;
-		else if (!strcmp(cmd, "status") || !strcmp(cmd, "list") || !strcmp(cmd, "info"))
+		else if (!strcmp(cmd, "status") || !strcmp(cmd, "list") || !strcmp(cmd, "info") ||
+			 !strcmp(cmd, "stats"))
 			ok = o == OPT_JSON;
+		else if (!strcmp(cmd, "commit"))
+			ok = false;
 		else
 			break;
 		if (!ok)
@@ -1319,6 +1501,18 @@ static int run(int argc, char **argv, char **pos)
 			return usage_err("%s: needs NAME", "status");
 		dm_setup(false);
 		return show_status(pos[1], json);
+	}
+	if (!strcmp(cmd, "stats")) {
+		if (npos != 2)
+			return usage_err("%s: needs NAME", "stats");
+		dm_setup(false);
+		return cmd_stats(pos[1], json);
+	}
+	if (!strcmp(cmd, "commit")) {
+		if (npos != 2)
+			return usage_err("%s: needs NAME", "commit");
+		dm_setup(false);
+		return cmd_commit(pos[1]);
 	}
 	if (!strcmp(cmd, "list")) {
 		if (npos != 1)

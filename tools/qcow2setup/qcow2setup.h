@@ -13,7 +13,7 @@
 
 #include "qcow2-format.h"
 
-#define QCOW2SETUP_VERSION	"1.1.0"
+#define QCOW2SETUP_VERSION	"1.2.0"
 
 /* Exit codes (documented in --help and qcow2setup(8)). */
 #define EXIT_OK		0
@@ -179,6 +179,7 @@ int dm_list_names(char ***names, unsigned int *nr);
 int dm_create_dev(const char *name, const char *uuid, uint64_t sectors,
 		  const char *params, bool read_only);
 int dm_remove_dev(const char *name);
+int dm_message(const char *name, const char *msg, char **response);
 const char *dm_last_error(void);
 bool dm_has_target(const char *type, unsigned int version[3]);
 int table_parse(const char *params, struct parsed_table *t);
