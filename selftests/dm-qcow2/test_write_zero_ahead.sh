@@ -17,7 +17,10 @@
 #      before and after the data); the whole device must equal the
 #      expected content (the blocks, zeros elsewhere), and the disk must have
 #      seen write-zeroes requests of at least 1 MiB (the zeroing ahead;
-#      checked with the block_bio_queue tracepoint where tracefs is there);
+#      checked with the block_bio_queue tracepoint where tracefs is there),
+#      and the target's stats must show data-only writes into zeroed
+#      clusters (zeroed_allocs; its zero_ahead_waits, allocations that met
+#      a write-zeroes in flight, are printed);
 #   b) suspend, overwrite the free space after the image's end with 0xa5
 #      again (userspace may write the device while it is suspended: what was
 #      zeroed before may not be zero after), resume, and write 2048 more
@@ -157,6 +160,10 @@ _qmark
 _trace on
 _write 0 "a)" || rc=1
 _trace off
+stats=$(dmsetup message "$DM" 0 stats | tr '\n' ' ')
+_qdiag "stats: $stats"
+za=$(sed -n 's/.*zeroed_allocs \([0-9]*\).*/\1/p' <<<"$stats")
+[ "${za:-0}" -gt 0 ] || { _qdiag "no write went into a cluster zeroed ahead"; rc=1; }
 if [ -r "$TRACE/trace" ]; then
 	majmin=$(stat -L -c '%t %T' "$DISK" | while read -r a b; do echo "$((16#$a)),$((16#$b))"; done)
 	# "253,16 N 1234 + 8192 [kworker]": write-zeroes shows as N (no data)
