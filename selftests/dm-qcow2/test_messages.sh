@@ -15,8 +15,12 @@
 #      discard of one cluster zeroes one, and the flush after it is counted,
 #      commits and frees its host cluster;
 #   c) over a backing image with data, a read of that data counts a backing
-#      read and a 4 KiB write into it copies one cluster; reading a
-#      compressed image counts compressed reads;
+#      read and a 4 KiB write into it copies one cluster; in an overlay with
+#      extended L2 (2 KiB subclusters) whose L2 table exists, a 4 KiB
+#      aligned write into a new cluster is allocated in map() with no copy,
+#      and the cluster reads
+#      back as the write amid the backing data (QEMU agrees after removal);
+#      reading a compressed image counts compressed reads;
 #   d) commit with lazy refcounts, while mapped: before it, QEMU does not see
 #      the data (nothing was flushed); after it, no dirty slice, the dirty
 #      bit is clear, `qemu-img check -U` exits 0 and QEMU reads exactly what
@@ -205,6 +209,33 @@ if [ $rc -eq 0 ]; then
 	_wunmap "$DM"
 	_wcheck "$OVL" || rc=1
 fi
+XOVL=$WORK/xovl.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=64k,extended_l2=on -b "$BASE" -F qcow2 "$XOVL" &&
+	_wroom "$XOVL" $((64 * M)) || { _qdiag "cannot make the extended L2 overlay"; rc=1; }
+if [ -f "$XOVL" ] && _wmap "$DM" "$XOVL" "qcow2:$BASE"; then
+	# The first write makes the L2 table (a worker); then the test.
+	_dd_at "$MAP_DEV" $((192 * K)) 4096 0x66 || rc=1
+	_mark "$DM" || rc=1
+	_dd_at "$MAP_DEV" $((320 * K + 8 * K)) 4096 0x66 || rc=1
+	_delta "$DM" "4k write into a new extended L2 cluster" "map_allocs == 1" \
+		"copies+worker_allocs == 0" || rc=1
+	python3 - "$MAP_DEV" $((320 * K)) <<'PYEOF2' || { _qdiag "extended L2 cluster reads back wrong"; rc=1; }
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 65536)
+assert os.preadv(fd, [buf], int(sys.argv[2])) == 65536
+want = b"\x5a" * 8192 + b"\x66" * 4096 + b"\x5a" * (65536 - 12288)
+sys.exit(0 if bytes(buf) == want else 1)
+PYEOF2
+	_wunmap "$DM"
+	_wcheck "$XOVL" || rc=1
+	_wconvert "$XOVL" "$WORK/xovl.raw" &&
+		python3 -c 'import sys; d = open(sys.argv[1], "rb").read(); sys.exit(0 if d[327680:335872] == b"\x5a" * 8192 and d[335872:339968] == b"\x66" * 4096 and d[339968:393216] == b"\x5a" * 53248 else 1)' "$WORK/xovl.raw" ||
+		{ _qdiag "QEMU reads the extended L2 cluster wrong"; rc=1; }
+	rm -f "$WORK/xovl.raw"
+else
+	rc=1
+fi
 qemu-img convert -c -O qcow2 "$BASE" "$CMP" || { _qdiag "cannot make a compressed image"; rc=1; }
 if [ -f "$CMP" ] && _wmap "$DM" "$CMP" ro; then
 	_mark "$DM" || rc=1
@@ -214,7 +245,7 @@ if [ -f "$CMP" ] && _wmap "$DM" "$CMP" ro; then
 else
 	rc=1
 fi
-_result "c) backing reads, copy-on-write, compressed reads" $rc
+_result "c) backing reads, copy-on-write, extended L2 in map(), compressed reads" $rc
 
 # --- d) ----------------------------------------------------------------------
 rc=0

@@ -1937,8 +1937,10 @@ static void qcow2_alloc_end_io(struct bio *w)
 /*
  * Allocate a cluster for write @bio in map(), which must not wait for I/O:
  * a write within one cluster that has no host cluster and nothing to show
- * through (unallocated, no backing file), when the metadata it needs is
- * cached and neither the cluster lock nor meta_lock is contended.  A bio of
+ * through (unallocated, no backing file), or that has no host cluster and
+ * covers whole subclusters (whole clusters without extended L2), whatever
+ * the backing file holds; when the metadata it needs is cached and neither
+ * the cluster lock nor meta_lock is contended.  A bio of
  * our own writes the data, with zeros around it unless the cluster was
  * zeroed ahead; its completion stores the L2 entry, so that nothing sees the
  * entry before the data, and completes @bio.  Until then the cluster lock
@@ -1972,8 +1974,11 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	if (len > qi->cluster_size - off)
 		return false;
 	end = (((off + len - 1) >> scb) + 1) << scb;
+	/* Over a backing file, only whole (sub)clusters: they need no fill. */
+	if (qt->nr_layers != 1 && (start != off || end != off + len))
+		return false;
 	l2 = qcow2_own_l2(qt, guest);
-	if (qt->nr_layers != 1 || l2 <= 0)
+	if (l2 <= 0)
 		return false;
 
 	qb->qt = qt;
