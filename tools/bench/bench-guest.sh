@@ -136,8 +136,8 @@ devstat() {
 
 # dm-qcow2 status fields after the target name, as JSON (no jq: cheaper)
 qcow2_status() {
-	local s
-	s=$(dmsetup status "$1" 2>/dev/null) || { echo null; return; }
+	local s name=$1
+	s=$(dmsetup status "$name" 2>/dev/null) || { echo null; return; }
 	# shellcheck disable=SC2086
 	set -- $s
 	if [ "${3:-}" != qcow2 ] || [ $# -lt 14 ]; then
@@ -148,7 +148,19 @@ qcow2_status() {
 		"${*:4}" "$4" "$5" "$6" "$7"
 	printf '"cache_used":%s,"cache_slots":%s,"hits":%s,"misses":%s,"metadata_reads":%s,' \
 		"${8%/*}" "${8#*/}" "$9" "${10}" "${11}"
-	printf '"open_reads":%s,"io_errors":%s,"dirty_slices":%s}\n' "${12}" "${13}" "${14}"
+	printf '"open_reads":%s,"io_errors":%s,"dirty_slices":%s,"stats":%s}\n' \
+		"${12}" "${13}" "${14}" "$(qcow2_stats "$name")"
+}
+
+# the counters of the target's stats message as JSON (null if it has none)
+qcow2_stats() {
+	local out n v s=""
+	out=$(dmsetup message "$1" 0 stats 2>/dev/null) || { echo null; return; }
+	while read -r n v; do
+		[[ $n =~ ^[a-z_]+$ && $v =~ ^[0-9]+$ ]] || { echo null; return; }
+		s+="${s:+,}\"$n\":$v"
+	done <<<"$out"
+	echo "{$s}"
 }
 
 # ---------------------------------------------------------------------------

@@ -142,11 +142,26 @@ def counters(p):
     misses = a["misses"] - b["misses"]
     md = a["metadata_reads"] - b["metadata_reads"]
     ios = p.get("ios") or 0
-    return {"hits": hits, "misses": misses, "metadata_reads": md,
+    sa, sb = a.get("stats"), b.get("stats")
+    st = {k: sa[k] - sb.get(k, 0) for k in sa} if sa and sb else None
+    return {"hits": hits, "misses": misses, "metadata_reads": md, "stats": st, "ios": ios,
             "miss_pct": 100.0 * misses / (hits + misses) if hits + misses else 0.0,
             "md_per_io": md / ios if ios else None,
             "cache": "%d/%d" % (a["cache_used"], a["cache_slots"]),
             "dirty_after": a["dirty_slices"], "io_errors": a["io_errors"]}
+
+
+def stats_cells(cn):
+    """The stats message's cells of the counters table (a dm-qcow2 point)."""
+    st = cn.get("stats")
+    if not st:
+        return " |  |  | "
+    ios = cn.get("ios") or 0
+    in_map = st.get("map_reads", 0) + st.get("map_writes", 0)
+    return "%s | %d / %d | %d | %d (%.0f)" % (
+        "%.0f%%" % (100.0 * in_map / ios) if ios else "",
+        st.get("map_allocs", 0), st.get("worker_allocs", 0), st.get("copies", 0),
+        st.get("commits", 0), st.get("commit_usecs", 0) / 1000.0)
 
 
 def devreqs(p):
@@ -493,20 +508,26 @@ def main():
     md.append("")
     md.append("| workload | image kind | slice lookups | miss % | metadata reads | per I/O "
               "| cache used/slots after | device requests per I/O: reads / writes / flushes "
-              "| raw's |")
-    md.append("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+              "| raw's | in map() | allocations: map() / worker | copies | commits (ms) |")
+    md.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         cn = r["qcow2_counters"]
         if not cn:
             continue
         dq, dr = r.get("qcow2_dev"), r.get("raw_dev")
-        md.append("| %s | %s | %d | %.2f | %d | %s | %s | %s | %s |" % (
+        md.append("| %s | %s | %d | %.2f | %d | %s | %s | %s | %s | %s |" % (
             r["workload_label"], r["label"], cn["hits"] + cn["misses"], cn["miss_pct"],
             cn["metadata_reads"], "%.3f" % cn["md_per_io"] if cn["md_per_io"] is not None else "",
             cn["cache"],
             "%.2f: %.2f / %.2f / %.3f" % (dq["total"], dq["reads"], dq["writes"], dq["flushes"])
             if dq else "",
-            "%.2f" % dr["total"] if dr else ""))
+            "%.2f" % dr["total"] if dr else "", stats_cells(cn)))
+    md.append("")
+    md.append("In map(): the share of fio's I/Os whose bio was remapped, completed or "
+              "allocated in the submitting context, without a worker (map_reads + map_writes "
+              "of the `stats` message; a bio split at a cluster boundary counts once per part).  "
+              "Allocations, copies (copy-on-write of a cluster) and commits with their total "
+              "time: counters of the same message (qcow2.rst, \"Messages\").")
     md.append("")
     md.append("Device requests: completed by the block devices under dm-qcow2 (the image's, and "
               "the backing layers' in a chain) and under raw's dm-linear during the measured run "
