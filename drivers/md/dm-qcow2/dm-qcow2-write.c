@@ -1940,16 +1940,16 @@ static void qcow2_alloc_end_io(struct bio *w)
  * through (unallocated, no backing file), or that has no host cluster and
  * covers whole subclusters (whole clusters without extended L2), whatever
  * the backing file holds; when the metadata it needs is cached and neither
- * the cluster lock nor meta_lock is contended.  A bio of
- * our own writes the data, with zeros around it unless the cluster was
- * zeroed ahead; its completion stores the L2 entry, so that nothing sees the
- * entry before the data, and completes @bio.  Until then the cluster lock
- * is held and fast_updates counts the update, which keeps commits out: the
- * L2 slice, dirty from here on, is neither evicted nor written back before
- * the entry is in it.  This saves the worker's two wakeups.  Returns false,
- * having changed nothing, when the worker must do the write.  Nothing here
- * may wait for I/O, not even to report corruption: a bio submitted from
- * map() is queued until map() returns, so waiting for it would never end.
+ * the cluster lock nor meta_lock is contended.  A bio of our own writes the
+ * data, with zeros around it unless the cluster was zeroed ahead; its
+ * completion stores the L2 entry, so that nothing sees the entry before the
+ * data, and completes @bio.  Until then the cluster lock is held and
+ * fast_updates counts the update, which keeps commits out: the L2 slice,
+ * dirty from here on, is neither evicted nor written back before the entry
+ * is in it.  This saves the worker's two wakeups.  Returns false, having
+ * changed nothing, when the worker must do the write.  Nothing here may
+ * wait for I/O, not even to report corruption: a bio submitted from map()
+ * is queued until map() returns, so waiting for it would never end.
  */
 bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 {
