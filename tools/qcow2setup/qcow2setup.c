@@ -756,6 +756,30 @@ static struct layer_view *layer_views(const struct parsed_table *t, const struct
 	return v;
 }
 
+/*
+ * Look up @name, which must have a single qcow2 target: 0 with *@di filled
+ * (dm_info_free() it), else the exit code of the error reported.
+ */
+static int get_qcow2_dev(const char *name, bool with_status, struct dm_dev_info *di)
+{
+	int r = dm_get(name, with_status, di);
+
+	if (r == -ENXIO)
+		return fail(EXIT_NOTFOUND, "no device %s", name);
+	if (r)
+		return fail(EXIT_DM, "cannot query device %s: %s%s", name, dm_last_error(),
+			    geteuid() ? " (run as root)" : "");
+	if (!di->target || strcmp(di->target, TARGET_NAME) || di->nr_targets != 1) {
+		r = di->nr_targets > 1 ?
+		    fail(EXIT_DM, "%s is not a qcow2 device (%u targets)", name, di->nr_targets) :
+		    fail(EXIT_DM, "%s is not a qcow2 device (target %s)", name,
+			 di->target ? di->target : "none");
+		dm_info_free(di);
+		return r;
+	}
+	return 0;
+}
+
 static int show_status(const char *name, bool json)
 {
 	struct dm_dev_info di;
@@ -769,16 +793,11 @@ static int show_status(const char *name, bool json)
 	unsigned int i;
 	int r;
 
-	r = dm_get(name, true, &di);
-	if (r == -ENXIO)
-		return fail(EXIT_NOTFOUND, "no device %s", name);
+	r = get_qcow2_dev(name, true, &di);
 	if (r)
-		return fail(EXIT_DM, "cannot query device %s: %s%s", name, dm_last_error(),
-			    geteuid() ? " (run as root)" : "");
-	if (!di.target || strcmp(di.target, TARGET_NAME) || di.nr_targets != 1 ||
-	    table_parse(di.table, &t)) {
-		r = fail(EXIT_DM, "%s is not a qcow2 device (target %s)", name,
-			 di.target ? di.target : "none");
+		return r;
+	if (table_parse(di.table, &t)) {
+		r = fail(EXIT_DM, "%s is not a qcow2 device (unparsable table)", name);
 		dm_info_free(&di);
 		return r;
 	}
@@ -993,18 +1012,9 @@ static int check_qcow2_dev(const char *name)
 	struct dm_dev_info di;
 	int r;
 
-	r = dm_get(name, false, &di);
-	if (r == -ENXIO)
-		return fail(EXIT_NOTFOUND, "no device %s", name);
-	if (r)
-		return fail(EXIT_DM, "cannot query device %s: %s%s", name, dm_last_error(),
-			    geteuid() ? " (run as root)" : "");
-	if (!di.target || strcmp(di.target, TARGET_NAME))
-		r = fail(EXIT_DM, "%s is not a qcow2 device (target %s)", name,
-			 di.target ? di.target : "none");
-	else if (di.nr_targets != 1)
-		r = fail(EXIT_DM, "%s is not a qcow2 device (%u targets)", name, di.nr_targets);
-	dm_info_free(&di);
+	r = get_qcow2_dev(name, false, &di);
+	if (!r)
+		dm_info_free(&di);
 	return r;
 }
 
