@@ -15,12 +15,13 @@
 #      discard of one cluster zeroes one, and the flush after it is counted,
 #      commits and frees its host cluster;
 #   c) over a backing image with data, a read of that data counts a backing
-#      read and a 4 KiB write into it copies one cluster; in an overlay with
-#      extended L2 (2 KiB subclusters) whose L2 table exists, a 4 KiB
-#      aligned write into a new cluster is allocated in map() with no copy,
-#      and the cluster reads
-#      back as the write amid the backing data (QEMU agrees after removal);
-#      reading a compressed image counts compressed reads;
+#      read and a 4 KiB write into it copies one cluster, while one into a
+#      hole of the backing image is allocated in map() with a zero fill (and
+#      reads back so, also through QEMU); in an overlay with extended L2
+#      (2 KiB subclusters) whose L2 table exists, a 4 KiB aligned write into
+#      a new cluster is allocated in map() with no copy, and the cluster
+#      reads back as the write amid the backing data (QEMU agrees after
+#      removal); reading a compressed image counts compressed reads;
 #   d) commit with lazy refcounts, while mapped: before it, QEMU does not see
 #      the data (nothing was flushed); after it, no dirty slice, the dirty
 #      bit is clear, `qemu-img check -U` exits 0 and QEMU reads exactly what
@@ -131,6 +132,25 @@ os.close(fd)
 PYEOF
 }
 
+# _cluster_is FILE OFF HEAD BG LEN BYTE   the 64 KiB at OFF of FILE (a device:
+# O_DIRECT) are BG bytes but for LEN bytes of BYTE at OFF + HEAD
+_cluster_is()
+{
+	python3 - "$@" <<'PYEOF'
+import mmap, os, stat, sys
+path, off, head, bg, n, b = sys.argv[1], *(int(a, 0) for a in sys.argv[2:])
+flags = os.O_RDONLY | (os.O_DIRECT if stat.S_ISBLK(os.stat(path).st_mode) else 0)
+fd = os.open(path, flags)
+buf = mmap.mmap(-1, 65536)
+assert os.preadv(fd, [buf], off) == 65536
+want = bytes([bg]) * head + bytes([b]) * n + bytes([bg]) * (65536 - head - n)
+if bytes(buf) != want:
+    i = next(i for i in range(65536) if buf[i] != want[i])
+    print("# %s: byte %d of the cluster at %d is %#x, expected %#x" % (path, i, off, buf[i], want[i]))
+    sys.exit(1)
+PYEOF
+}
+
 # _fsync DEV   fsync the block device: one flush through the target
 _fsync()
 {
@@ -206,8 +226,17 @@ if [ $rc -eq 0 ]; then
 	_dd_at "$MAP_DEV" $((256 * K + 4 * K)) 4096 0x77 || rc=1
 	_delta "$DM" "4k write into a backing cluster" "copies == 1" "worker_allocs == 1" \
 		"map_allocs == 0" || rc=1
+	# Where the backing file has nothing, the fill is zeros: map().
+	_mark "$DM" || rc=1
+	_dd_at "$MAP_DEV" $((32 * M + 8 * K)) 4096 0x44 || rc=1
+	_delta "$DM" "4k write over a hole of the backing file" "map_allocs == 1" \
+		"copies+worker_allocs == 0" "zero_fills+zeroed_allocs == 1" || rc=1
+	_cluster_is "$MAP_DEV" $((32 * M)) 8192 0 4096 0x44 || rc=1
 	_wunmap "$DM"
 	_wcheck "$OVL" || rc=1
+	_wconvert "$OVL" "$WORK/ovl.raw" && _cluster_is "$WORK/ovl.raw" $((32 * M)) 8192 0 4096 0x44 ||
+		{ _qdiag "QEMU reads the cluster over the hole wrong"; rc=1; }
+	rm -f "$WORK/ovl.raw"
 fi
 XOVL=$WORK/xovl.qcow2
 qemu-img create -q -f qcow2 -o cluster_size=64k,extended_l2=on -b "$BASE" -F qcow2 "$XOVL" &&
@@ -219,18 +248,12 @@ if [ -f "$XOVL" ] && _wmap "$DM" "$XOVL" "qcow2:$BASE"; then
 	_dd_at "$MAP_DEV" $((320 * K + 8 * K)) 4096 0x66 || rc=1
 	_delta "$DM" "4k write into a new extended L2 cluster" "map_allocs == 1" \
 		"copies+worker_allocs == 0" || rc=1
-	python3 - "$MAP_DEV" $((320 * K)) <<'PYEOF2' || { _qdiag "extended L2 cluster reads back wrong"; rc=1; }
-import mmap, os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
-buf = mmap.mmap(-1, 65536)
-assert os.preadv(fd, [buf], int(sys.argv[2])) == 65536
-want = b"\x5a" * 8192 + b"\x66" * 4096 + b"\x5a" * (65536 - 12288)
-sys.exit(0 if bytes(buf) == want else 1)
-PYEOF2
+	_cluster_is "$MAP_DEV" $((320 * K)) 8192 0x5a 4096 0x66 ||
+		{ _qdiag "extended L2 cluster reads back wrong"; rc=1; }
 	_wunmap "$DM"
 	_wcheck "$XOVL" || rc=1
 	_wconvert "$XOVL" "$WORK/xovl.raw" &&
-		python3 -c 'import sys; d = open(sys.argv[1], "rb").read(); sys.exit(0 if d[327680:335872] == b"\x5a" * 8192 and d[335872:339968] == b"\x66" * 4096 and d[339968:393216] == b"\x5a" * 53248 else 1)' "$WORK/xovl.raw" ||
+		_cluster_is "$WORK/xovl.raw" $((320 * K)) 8192 0x5a 4096 0x66 ||
 		{ _qdiag "QEMU reads the extended L2 cluster wrong"; rc=1; }
 	rm -f "$WORK/xovl.raw"
 else

@@ -1208,11 +1208,25 @@ static enum qcow2_cluster_type qcow2_sc_type(struct qcow2_target *qt,
 }
 
 /*
- * Is everything in [@start, @end) of a cluster with entry @old, outside the
- * written [@off, @off + @len), zeros?  Then the fill need not be copied.
+ * Do the layers below the top read [@guest, @guest + @len) as zeros?  With
+ * @nowait, only from cached metadata (false when it is not cached).
+ */
+static bool qcow2_below_zero(struct qcow2_target *qt, u64 guest, u64 len, bool nowait)
+{
+	struct qcow2_run run;
+
+	return !qcow2_resolve(qt, 1, guest, len, nowait, &run) &&
+	       run.type == QCOW2_RUN_ZERO && run.len >= len;
+}
+
+/*
+ * Is everything in [@start, @end) of guest cluster @guest_cluster with entry
+ * @old, outside the written [@off, @off + @len), zeros?  Then the fill need
+ * not be copied.  @nowait: see qcow2_below_zero().
  */
 static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_entry *old,
-			       u32 start, u32 end, u32 off, u32 len)
+			       u64 guest_cluster, u32 start, u32 end, u32 off, u32 len,
+			       bool nowait)
 {
 	u32 scb = qcow2_top(qt)->qi.subcluster_bits;
 	unsigned int sc;
@@ -1228,7 +1242,8 @@ static bool qcow2_fill_is_zero(struct qcow2_target *qt, const struct qcow2_l2_en
 			break;
 		case QCOW2_CL_UNALLOCATED:
 		case QCOW2_CL_UNALLOCATED_ALLOC:
-			if (qt->nr_layers == 1)
+			if (qt->nr_layers == 1 ||
+			    qcow2_below_zero(qt, guest_cluster + a, b - a, nowait))
 				break;
 			return false;
 		default:
@@ -1486,7 +1501,8 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	} else {
 		/* Zeros are of use to a write of part of a (sub)cluster only. */
 		want_zeros = (off | (off + len)) & ((1U << scb) - 1) &&
-			     qcow2_fill_is_zero(qt, &old, 0, qi->cluster_size, off, len);
+			     qcow2_fill_is_zero(qt, &old, guest_cluster, 0, qi->cluster_size,
+						off, len, true);
 		h = __qcow2_alloc_cluster(qt, false, want_zeros ? &zeroed : NULL);
 		if (h < 0) {
 			r = h;
@@ -1538,7 +1554,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 
 	if (alloc)
 		qcow2_count(qt, QCOW2_STAT_WORKER_ALLOCS);
-	fill_zero = qcow2_fill_is_zero(qt, &old, start, end, off, len);
+	fill_zero = qcow2_fill_is_zero(qt, &old, guest_cluster, start, end, off, len, false);
 	r = -EOPNOTSUPP;
 	if (start == off && end == off + len && bio) {
 		r = qcow2_write_bio_at(qt, bio, host + off);
@@ -1937,9 +1953,10 @@ static void qcow2_alloc_end_io(struct bio *w)
 /*
  * Allocate a cluster for write @bio in map(), which must not wait for I/O:
  * a write within one cluster that has no host cluster and nothing to show
- * through (unallocated, no backing file), or that has no host cluster and
- * covers whole subclusters (whole clusters without extended L2), whatever
- * the backing file holds; when the metadata it needs is cached and neither
+ * through around the write (no backing file, or nothing in the layers below
+ * there), or that has no host cluster and covers whole subclusters (whole
+ * clusters without extended L2), whatever the backing file holds; when the
+ * metadata it needs (of the layers below too) is cached and neither
  * the cluster lock nor meta_lock is contended.  A bio of our own writes the
  * data, with zeros around it unless the cluster was zeroed ahead; its
  * completion stores the L2 entry, so that nothing sees the entry before the
@@ -1974,8 +1991,12 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	if (len > qi->cluster_size - off)
 		return false;
 	end = (((off + len - 1) >> scb) + 1) << scb;
-	/* Over a backing file, only whole (sub)clusters: they need no fill. */
-	if (qt->nr_layers != 1 && (start != off || end != off + len))
+	/*
+	 * Over a backing file, the fill is zeros only where the layers below
+	 * have nothing: whole (sub)clusters need none.
+	 */
+	if (qt->nr_layers != 1 && (start != off || end != off + len) &&
+	    !qcow2_below_zero(qt, guest - off + start, end - start, true))
 		return false;
 	l2 = qcow2_own_l2(qt, guest);
 	if (l2 <= 0)
