@@ -262,7 +262,7 @@ c qcow2setup list --
 EOT
 	PATH=$tmp/bin:$PATH bash "$tmp/comp.sh" >"$tmp/comp.out" 2>&1
 	check "completion is registered (complete -p)" grep -qx 'complete -F _qcow2setup qcow2setup' "$tmp/comp.out"
-	check "completion: commands" grep -qx 'qcow2setup |open close status list info' "$tmp/comp.out"
+	check "completion: commands" grep -qx 'qcow2setup |open close status stats commit list info' "$tmp/comp.out"
 	check "completion: command prefix" grep -qx 'qcow2setup cl|close' "$tmp/comp.out"
 	check "completion: open options" grep -qx 'qcow2setup open --re|--read-only' "$tmp/comp.out"
 	check "completion: device names from qcow2setup list" bash -c "
