@@ -201,12 +201,15 @@ fi
 T_BASE=$(_elapsed "$t0")
 
 ktap_header
-ktap_plan $((${#REFUSE[@]} + ${#ACCEPT[@]} + ${#RUNTIME[@]}))
+NCASES=$((${#REFUSE[@]} + ${#ACCEPT[@]} + ${#RUNTIME[@]}))
+ktap_plan "$(_shard_count $NCASES)"
+_shard_note $NCASES
 
 N=0
 # ------------------------------------------------------------------ REFUSE
 for c in "${REFUSE[@]}"; do
 	N=$((N + 1))
+	_shard_mine "$N" || continue
 	_split "$c"
 	name=${FIELDS[0]} base=${FIELDS[1]} back=${FIELDS[2]} qemu=${FIELDS[3]}
 	pat=${FIELDS[4]} action=${FIELDS[5]}
@@ -250,6 +253,7 @@ _base_ref()
 # ------------------------------------------------------------------ ACCEPT
 for c in "${ACCEPT[@]}"; do
 	N=$((N + 1))
+	_shard_mine "$N" || continue
 	_split "$c"
 	name=${FIELDS[0]} base=${FIELDS[1]} action=${FIELDS[2]}
 	desc="maps: $name"
@@ -288,6 +292,7 @@ _range_ok()
 
 for c in "${RUNTIME[@]}"; do
 	N=$((N + 1))
+	_shard_mine "$N" || continue
 	_split "$c"
 	name=${FIELDS[0]} base=${FIELDS[1]} GOFF=${FIELDS[2]} blen=${FIELDS[3]}
 	qemu=${FIELDS[4]} action=${FIELDS[5]}

@@ -207,12 +207,14 @@ _map_case()
 }
 
 ktap_header
-ktap_plan $((${#CASES[@]} + 1))
+ktap_plan $(($(_shard_count ${#CASES[@]}) + 1))
+_shard_note ${#CASES[@]}
 
 GEN_US=0
 N=0
 for c in "${CASES[@]}"; do
 	N=$((N + 1))
+	_shard_mine "$N" || continue
 	if [ -n "${QCOW2_ONLY:-}" ] && ! [[ "$N" =~ ^($QCOW2_ONLY)$ ]]; then
 		ktap_skip "case $N: $c" "not in QCOW2_ONLY"
 		continue

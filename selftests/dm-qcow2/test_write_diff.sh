@@ -237,10 +237,12 @@ _run_case()
 }
 
 ktap_header
-ktap_plan ${#CASES[@]}
+ktap_plan "$(_shard_count ${#CASES[@]})"
+_shard_note ${#CASES[@]}
 i=0
 for c in "${CASES[@]}"; do
 	i=$((i + 1))
+	_shard_mine "$i" || continue
 	IFS='|' read -r name opts cs vs ops kind tspecs <<<"$c"
 	if [ -n "${QCOW2_CASES:-}" ] && ! [[ $name =~ $QCOW2_CASES ]]; then
 		ktap_skip "diff $name" "not selected by QCOW2_CASES"

@@ -50,16 +50,21 @@ ONE_KERNEL_TESTS="test_boot_root.sh test_nested_vm.sh"
 # runs in the first kernel's VM only, so the two VMs take about as long.
 FIRST_KERNEL_TESTS="test_hostile_images.sh"
 
-# run_suite KVER LOG [ELSEWHERE]: the selftest suite of one kernel, without
-# the tests in ELSEWHERE; LOG.rc gets the status
+# The long matrix suites (test_read_matrix, test_read_corrupt,
+# test_write_diff) run one shard of their cases per kernel: kernel I of N
+# runs cases I, I+N, ... (QCOW2_SHARD=I/N, see _shard_mine in
+# qcow2_common.sh), so every case runs once and every suite on every kernel.
+
+# run_suite KVER LOG [ELSEWHERE] [SHARD]: the selftest suite of one kernel,
+# without the tests in ELSEWHERE; LOG.rc gets the status
 run_suite()
 {
-	local kver=$1 log=$2 elsewhere=${3:-}
+	local kver=$1 log=$2 elsewhere=${3:-} shard=${4:-}
 
 	# shellcheck disable=SC2086
 	tools/testing/vm/run-vm.sh --kver "$kver" --module "build/$kver/dm-qcow2.ko" \
 		--disk 2G --disk 2G --mem 3072 --timeout 3600 \
-		--env "SELFTESTS_ELSEWHERE=$elsewhere" -- \
+		--env "SELFTESTS_ELSEWHERE=$elsewhere" --env "QCOW2_SHARD=$shard" -- \
 		selftests/dm-qcow2/run_tests.sh ${SELFTESTS:-} >"$log" 2>&1
 	echo $? >"$log.rc"
 }
@@ -67,19 +72,20 @@ run_suite()
 i=0
 for kver in "${kvers[@]}"; do
 	i=$((i + 1))
-	elsewhere=""
+	elsewhere="" shard=""
 	if [ -z "${SELFTESTS:-}" ] && [ "${#kvers[@]}" -gt 1 ]; then
+		shard="$i/${#kvers[@]}"
 		if [ "$i" -lt "${#kvers[@]}" ]; then
 			elsewhere=$ONE_KERNEL_TESTS
 		else
 			elsewhere=$FIRST_KERNEL_TESTS
 		fi
 	fi
-	echo "# ==== kernel $kver: selftests started in a VM at $(date +%T)${elsewhere:+ (skipping here, run in another VM: $elsewhere)}"
+	echo "# ==== kernel $kver: selftests started in a VM at $(date +%T)${elsewhere:+ (skipping here, run in another VM: $elsewhere)}${shard:+ (case shard $shard)}"
 	if [ "${CHECK_VM_SERIAL:-0}" = 1 ]; then
-		run_suite "$kver" "$work/$i.log" "$elsewhere"
+		run_suite "$kver" "$work/$i.log" "$elsewhere" "$shard"
 	else
-		run_suite "$kver" "$work/$i.log" "$elsewhere" &
+		run_suite "$kver" "$work/$i.log" "$elsewhere" "$shard" &
 		# Start the VMs a little apart: their boots are the busiest part.
 		sleep 20
 	fi
