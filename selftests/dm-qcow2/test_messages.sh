@@ -15,9 +15,11 @@
 #      discard of one cluster zeroes one, and the flush after it is counted,
 #      commits and frees its host cluster;
 #   c) over a backing image with data, a read of that data counts a backing
-#      read and a 4 KiB write into it copies one cluster, while one into a
-#      hole of the backing image is allocated in map() with a zero fill (and
-#      reads back so, also through QEMU); in an overlay with extended L2
+#      read and a 4 KiB write into it copies one cluster (a worker: the
+#      overlay has no L2 table there yet), while one into a hole of the
+#      backing image is allocated in map() with a zero fill, and the next
+#      4 KiB write into backing data is copied in map() (both read back
+#      so, also through QEMU); in an overlay with extended L2
 #      (2 KiB subclusters) whose L2 table exists, a 4 KiB aligned write into
 #      a new cluster is allocated in map() with no copy, and the cluster
 #      reads back as the write amid the backing data (QEMU agrees after
@@ -232,10 +234,18 @@ if [ $rc -eq 0 ]; then
 	_delta "$DM" "4k write over a hole of the backing file" "map_allocs == 1" \
 		"copies+worker_allocs == 0" "zero_fills+zeroed_allocs == 1" || rc=1
 	_cluster_is "$MAP_DEV" $((32 * M)) 8192 0 4096 0x44 || rc=1
+	# The L2 table is there now: the next copy-on-write is made in map().
+	_mark "$DM" || rc=1
+	_dd_at "$MAP_DEV" $((448 * K + 4 * K)) 4096 0x78 || rc=1
+	_delta "$DM" "4k write into a backing cluster in map()" "copies == 1" \
+		"map_allocs == 1" "worker_allocs+zero_fills+zeroed_allocs == 0" || rc=1
+	_cluster_is "$MAP_DEV" $((448 * K)) 4096 0x5a 4096 0x78 || rc=1
 	_wunmap "$DM"
 	_wcheck "$OVL" || rc=1
 	_wconvert "$OVL" "$WORK/ovl.raw" && _cluster_is "$WORK/ovl.raw" $((32 * M)) 8192 0 4096 0x44 ||
 		{ _qdiag "QEMU reads the cluster over the hole wrong"; rc=1; }
+	_cluster_is "$WORK/ovl.raw" $((448 * K)) 4096 0x5a 4096 0x78 ||
+		{ _qdiag "QEMU reads the cluster copied in map() wrong"; rc=1; }
 	rm -f "$WORK/ovl.raw"
 fi
 XOVL=$WORK/xovl.qcow2

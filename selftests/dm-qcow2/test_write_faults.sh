@@ -38,6 +38,17 @@
 #     (required), the flush must fail, the mode must become "fail", and a
 #     second flush must fail too (whether reads and in-place writes are
 #     served in fail mode is reported, not asserted: not documented).
+#  6. reads of a backing image fail during copy-on-write: the backing image
+#     (4 MiB of 0x5a written by QEMU) is on the lower device, the overlay
+#     (64 KiB clusters) in a file.  One 4 KiB write makes the overlay's L2
+#     table and caches the backing metadata; then the lower device becomes
+#     dm-error and 4 KiB writes into 8 more clusters must all fail with EIO,
+#     at least one of them allocated and copied in map() (stats map_allocs
+#     and copies: the read of the fill fails after the cluster was taken),
+#     the mode stays rw.  After the lower device is restored the same writes
+#     succeed on the same mapping, and after removal `qemu-img check` of the
+#     overlay exits 0 (the failed writes gave their clusters back: no leak)
+#     and QEMU reads the writes amid the backing data.
 #
 # After every fault the mapping is removed, the lower device restored to
 # dm-linear and: `qemu-img check` finds no corruption (exit 0, or 3 for
@@ -73,7 +84,7 @@ DATA=$WORK/data
 # the workload writes chunk i at guest WL_BASE + i * CS
 WL_BASE=$((16 * M))
 WL_MAX=384
-NSCEN=5
+NSCEN=6
 SCEN_PASS=0
 
 # scenario N uses the region at N * REGION
@@ -598,11 +609,95 @@ s5()
 	_scen_done 5 $r1 $r2 $r3
 }
 
+# --- 6: failing backing reads during copy-on-write ------------------------
+# _stat NAME COUNTER   one counter of the stats message
+_stat()
+{
+	dmsetup message "$1" 0 stats | sed -n "s/^$2 \([0-9]*\)$/\1/p"
+}
+
+s6()
+{
+	local d="6 failing backing reads (copy-on-write)" r1=0 r2=0 r3=0 c n=0 ma ma0 cp cp0
+	local ovl=$WORK/ovl6.qcow2 odev
+	_qmark
+	LO=/dev/mapper/${P}6lo DM=${P}6 IMG=$WORK/img6.qcow2
+	: >"$WORK/ack.6"
+	if ! { _mkimg "$IMG" $VS cluster_size=64k && _qio "$IMG" "write -q -P 0x5a 0 4M" &&
+		dd if="$IMG" of="$DISK" bs=64k oflag=direct,seek_bytes seek=$((6 * REGION)) \
+			conv=notrunc,fsync status=none &&
+		_dm_create "${P}6lo" "$(_linear 6)" &&
+		qemu-img create -q -f qcow2 -o cluster_size=64k -b "$LO" -F qcow2 "$ovl" &&
+		_wroom "$ovl" $VS && odev=$(_wimg_attach "$ovl") &&
+		_dm_create "$DM" "$(_qcow2_table "$odev" $((VS / 512)) backing qcow2 "$LO")"; }; then
+		_qdiag "cannot map the overlay"
+		_fault_setup_fail "$d"
+		return
+	fi
+	MAP_DEV=/dev/mapper/$DM
+	# the backing data the writes leave: clusters 1 and 10.. whole, the
+	# rest of clusters 0 and 2..9 around their 4 KiB at 4 KiB
+	_ack 6 byte $CS $CS $((0x5a))
+	_ack 6 byte $((10 * CS)) $((4 * M - 10 * CS)) $((0x5a))
+	for c in 0 $(seq 2 9); do
+		_ack 6 byte $((c * CS)) 4096 $((0x5a))
+		_ack 6 byte $((c * CS + 8192)) $((CS - 8192)) $((0x5a))
+	done
+	_ack 6 byte 4096 4096 $((0x11))
+	dd if=/dev/zero bs=4k count=1 status=none | tr '\0' '\021' |
+		dd of="$MAP_DEV" bs=4k seek=1 oflag=direct conv=fsync status=none ||
+		{ _qdiag "the first write into the overlay failed"; r1=1; }
+	ma0=$(_stat "$DM" map_allocs) cp0=$(_stat "$DM" copies)
+	_lower_set 6 "0 $RSECT error" || r1=1
+	for c in $(seq 2 9); do
+		if dd if=/dev/zero bs=4k count=1 status=none | tr '\0' '\042' |
+			dd of="$MAP_DEV" bs=4k seek=$((c * 16 + 1)) oflag=direct status=none \
+				2>>"$WORK/dd6.err"; then
+			n=$((n + 1))
+		fi
+	done
+	[ "$n" -eq 0 ] || { _qdiag "$n of 8 copy-on-write writes over a failing backing device succeeded"; r1=1; }
+	_eio "$WORK/dd6.err" || r1=1
+	ma=$(_stat "$DM" map_allocs) cp=$(_stat "$DM" copies)
+	_qdiag "while the backing device failed: map_allocs +$((ma - ma0)), copies +$((cp - cp0))"
+	if [ $((ma - ma0)) -lt 1 ] || [ $((cp - cp0)) -lt 1 ]; then
+		_qdiag "no copy-on-write was tried in map()"
+		r1=1
+	fi
+	_check_wstatus "$DM" rw any || r1=1
+	_check_dmesg_clean || r1=1
+	_result "$d: copy-on-write writes fail with EIO, mode stays rw" $r1
+	_lower_set 6 "$(_linear 6)" || r2=1
+	for c in $(seq 2 9); do
+		dd if=/dev/zero bs=4k count=1 status=none | tr '\0' '\063' |
+			dd of="$MAP_DEV" bs=4k seek=$((c * 16 + 1)) oflag=direct conv=fsync status=none ||
+			{ _qdiag "write into cluster $c failed after the restore"; r2=1; }
+		_ack 6 byte $((c * CS + 4096)) 4096 $((0x33))
+	done
+	_ranges_equal "$MAP_DEV" "$WORK/ack.6" || r2=1
+	_check_wstatus "$DM" rw any || r2=1
+	_remove_mapping || r2=1
+	_loop_detach "$odev"
+	_result "$d: after restore the writes succeed; removed" $r2
+	_wcheck "$ovl" || r3=1
+	if _wconvert "$ovl" "$WORK/out.raw"; then
+		_ranges_equal "$WORK/out.raw" "$WORK/ack.6" ||
+			{ _qdiag "QEMU does not read back every acknowledged range"; r3=1; }
+	else
+		r3=1
+	fi
+	rm -f "$WORK/out.raw" "$ovl"
+	_dm_remove "${P}6lo" >/dev/null 2>&1
+	_result "$d: the overlay checks clean (no leak), QEMU reads the writes" $r3
+	_scen_done 6 $r1 $r2 $r3
+}
+
 s1
 s2
 s3
 s4
 s5
+s6
 
 rc=0
 # the whole run's kernel log, from the mark test_common.sh set at the start

@@ -1290,21 +1290,35 @@ static int qcow2_fill_around(struct qcow2_target *qt, const struct qcow2_l2_entr
 	return r;
 }
 
+/* Add [@p, @lim) of the fill that starts at byte @start to @b. */
+static void qcow2_add_fill(struct bio *b, struct bio *src, u32 start, u32 p, u32 lim)
+{
+	u32 pofs, n;
+
+	for (; p < lim; p += n) {
+		pofs = (p - start) & (PAGE_SIZE - 1);
+		n = min_t(u32, PAGE_SIZE - pofs, lim - p);
+		__bio_add_page(b, src ? src->bi_io_vec[(p - start) >> PAGE_SHIFT].bv_page :
+				  ZERO_PAGE(0), n, pofs);
+	}
+}
+
 /*
- * One write of [@start, @end) at byte @host of the top device: zero pages
- * around the first @len bytes of @bio, which go at @off.  NULL if that takes
- * more segments than a bio holds (or, without waiting, no memory).
+ * One write of [@start, @end) at byte @host of the top device: the fill
+ * around the first @len bytes of @bio, which go at @off.  The fill is zero
+ * pages, or with @src the pages of that bio (one per page of the fill, from
+ * @start), which need not hold the data yet.  NULL if that takes more
+ * segments than a bio holds (or, without waiting, no memory).
  */
-static struct bio *qcow2_zero_filled_bio(struct qcow2_target *qt, struct bio *bio,
-					 u64 host, u32 start, u32 end, u32 off, u32 len,
-					 gfp_t gfp)
+static struct bio *qcow2_filled_bio(struct qcow2_target *qt, struct bio *bio,
+				    u64 host, u32 start, u32 end, u32 off, u32 len,
+				    struct bio *src, gfp_t gfp)
 {
 	unsigned int nr = DIV_ROUND_UP(off - start, PAGE_SIZE) +
-			  DIV_ROUND_UP(end - off - len, PAGE_SIZE) + bio_segments(bio);
+			  DIV_ROUND_UP(end - off - len, PAGE_SIZE) + 1 + bio_segments(bio);
 	struct bvec_iter iter, data = bio->bi_iter;
 	struct bio_vec bv;
 	struct bio *b;
-	u32 p, n;
 
 	if (nr > BIO_MAX_VECS)
 		return NULL;
@@ -1316,17 +1330,11 @@ static struct bio *qcow2_zero_filled_bio(struct qcow2_target *qt, struct bio *bi
 	bio_clone_blkg_association(b, bio);
 	b->bi_ioprio = bio->bi_ioprio;
 	b->bi_iter.bi_sector = (host + start) >> SECTOR_SHIFT;
-	for (p = start; p < off; p += n) {
-		n = min_t(u32, PAGE_SIZE, off - p);
-		__bio_add_page(b, ZERO_PAGE(0), n, 0);
-	}
+	qcow2_add_fill(b, src, start, start, off);
 	data.bi_size = len;	/* @bio may go on past the cluster */
 	__bio_for_each_segment(bv, bio, iter, data)
 		__bio_add_page(b, bv.bv_page, bv.bv_len, bv.bv_offset);
-	for (p = off + len; p < end; p += n) {
-		n = min_t(u32, PAGE_SIZE, end - p);
-		__bio_add_page(b, ZERO_PAGE(0), n, 0);
-	}
+	qcow2_add_fill(b, src, start, off + len, end);
 	return b;
 }
 
@@ -1348,7 +1356,7 @@ static int qcow2_write_zero_filled(struct qcow2_target *qt, struct bio *bio, u64
 	int r = 0, w;
 
 	if (end - start <= QCOW2_FILL_INLINE) {
-		clone = qcow2_zero_filled_bio(qt, bio, host, start, end, off, len, GFP_NOIO);
+		clone = qcow2_filled_bio(qt, bio, host, start, end, off, len, NULL, GFP_NOIO);
 		if (clone) {
 			r = submit_bio_wait(clone);
 			bio_put(clone);
@@ -1902,6 +1910,17 @@ out:
 /* ----------------------------------------------------------------------- */
 /* Allocation in map()                                                     */
 
+/* A fill read by qcow2_cow_src_alloc(): its pages and the bio. */
+static void qcow2_cow_src_free(struct bio *src)
+{
+	struct bvec_iter_all iter;
+	struct bio_vec *bv;
+
+	bio_for_each_segment_all(bv, src, iter)
+		__free_page(bv->bv_page);
+	bio_put(src);
+}
+
 /* The end of an update made in map(): in any context. */
 static void qcow2_alloc_release(struct qcow2_target *qt, struct qcow2_bio *qb)
 {
@@ -1937,6 +1956,10 @@ static void qcow2_alloc_end_io(struct bio *w)
 	blk_status_t st = w->bi_status;
 
 	bio_put(w);
+	if (qb->cow_src) {
+		qcow2_cow_src_free(qb->cow_src);
+		qb->cow_src = NULL;
+	}
 	if (st) {
 		bio->bi_status = st;
 		INIT_WORK(&qb->work, qcow2_alloc_undo);
@@ -1951,16 +1974,69 @@ static void qcow2_alloc_end_io(struct bio *w)
 }
 
 /*
+ * A bio that reads [@start, @end) of a cluster's fill from @run (data of a
+ * backing layer) into pages of its own, one per page from @start.
+ */
+static struct bio *qcow2_cow_src_alloc(struct qcow2_target *qt, const struct qcow2_run *run,
+				       u32 start, u32 end)
+{
+	unsigned int i, nr = DIV_ROUND_UP(end - start, PAGE_SIZE);
+	struct bio *src;
+	struct page *page;
+
+	src = bio_alloc_bioset(run->layer->dev->bdev, nr, REQ_OP_READ, GFP_NOWAIT,
+			       &qt->write_bs);
+	if (!src)
+		return NULL;
+	src->bi_iter.bi_sector = run->host >> SECTOR_SHIFT;
+	for (i = 0; i < nr; i++) {
+		page = alloc_page(GFP_NOWAIT | __GFP_NOWARN);
+		if (!page) {
+			qcow2_cow_src_free(src);
+			return NULL;
+		}
+		__bio_add_page(src, page, min_t(u32, PAGE_SIZE, end - start - i * PAGE_SIZE), 0);
+	}
+	return src;
+}
+
+/* The fill is read: write it with the data (bios are not submitted in irq). */
+static void qcow2_cow_write(struct work_struct *work)
+{
+	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
+
+	submit_bio_noacct(qb->cow_write);
+}
+
+static void qcow2_cow_read_end_io(struct bio *src)
+{
+	struct bio *bio = src->bi_private;
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
+	struct bio *w = qb->cow_write;
+
+	if (src->bi_status) {
+		/* Not written: fails @bio and gives the cluster back. */
+		w->bi_status = src->bi_status;
+		qcow2_alloc_end_io(w);
+		return;
+	}
+	INIT_WORK(&qb->work, qcow2_cow_write);
+	queue_work(qb->qt->wq, &qb->work);
+}
+
+/*
  * Allocate a cluster for write @bio in map(), which must not wait for I/O:
- * a write within one cluster that has no host cluster and nothing to show
- * through around the write (no backing file, or nothing in the layers below
- * there), or that has no host cluster and covers whole subclusters (whole
- * clusters without extended L2), whatever the backing file holds; when the
- * metadata it needs (of the layers below too) is cached and neither
- * the cluster lock nor meta_lock is contended.  A bio of our own writes the
- * data, with zeros around it unless the cluster was zeroed ahead; its
- * completion stores the L2 entry, so that nothing sees the entry before the
- * data, and completes @bio.  Until then the cluster lock is held and
+ * a write within one cluster that has no host cluster, when the metadata it
+ * needs (of the layers below too) is cached and neither the cluster lock nor
+ * meta_lock is contended.  What is around the write in its (sub)clusters,
+ * the fill, is zeros (no backing file, or nothing in the layers below there),
+ * or data that one layer below has in one piece (copy-on-write), or nothing
+ * (the write covers whole subclusters; whole clusters without extended L2).
+ * A bio of our own writes the data, with zeros around it unless the cluster
+ * was zeroed ahead, or with the fill that another bio of ours first reads
+ * from the layer below (its completion has a worker submit the write); the
+ * write's completion stores the L2 entry, so that nothing sees the entry
+ * before the data, and completes @bio.  Until then the cluster lock is held and
  * fast_updates counts the update, which keeps commits out: the L2 slice,
  * dirty from here on, is neither evicted nor written back before the entry
  * is in it.  This saves the worker's two wakeups.  Returns false, having
@@ -1981,7 +2057,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	u32 start = (off >> scb) << scb, end;
 	u64 l2_idx = (guest >> cb) & ((1ULL << qi->l2_bits) - 1);
 	struct qcow2_l2_entry old;
-	struct bio *w = NULL, *fill = NULL;
+	struct bio *w = NULL, *fill = NULL, *src = NULL;
+	struct qcow2_run run = { .type = QCOW2_RUN_ZERO };
 	struct qcow2_slice *s;
 	bool zeroed = false;
 	s64 l2, h;
@@ -1992,11 +2069,14 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		return false;
 	end = (((off + len - 1) >> scb) + 1) << scb;
 	/*
-	 * Over a backing file, the fill is zeros only where the layers below
-	 * have nothing: whole (sub)clusters need none.
+	 * Over a backing file, the fill is zeros where the layers below have
+	 * nothing, or is copied from one of them: only data in one piece,
+	 * read in one bio.  Whole (sub)clusters need no fill.
 	 */
 	if (qt->nr_layers != 1 && (start != off || end != off + len) &&
-	    !qcow2_below_zero(qt, guest - off + start, end - start, true))
+	    (qcow2_resolve(qt, 1, guest - off + start, end - start, true, &run) ||
+	     run.len < end - start || (run.type != QCOW2_RUN_ZERO &&
+	     (run.type != QCOW2_RUN_DATA || end - start > QCOW2_FILL_INLINE))))
 		return false;
 	l2 = qcow2_own_l2(qt, guest);
 	if (l2 <= 0)
@@ -2023,13 +2103,18 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	 * allocation picks: w if the cluster was zeroed ahead.
 	 */
 	if (start != off || end != off + len) {
+		if (run.type == QCOW2_RUN_DATA) {
+			src = qcow2_cow_src_alloc(qt, &run, start, end);
+			if (!src)
+				goto put;
+		}
 		if (end - start <= QCOW2_FILL_INLINE)
-			fill = qcow2_zero_filled_bio(qt, bio, 0, start, end, off, len,
-						     GFP_NOWAIT);
+			fill = qcow2_filled_bio(qt, bio, 0, start, end, off, len, src,
+						GFP_NOWAIT);
 		if (!fill)
 			goto put;
 	}
-	if (!fill || !test_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags)) {
+	if (!src && (!fill || !test_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags))) {
 		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
 		if (!w)
 			goto put;
@@ -2042,7 +2127,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
-		if (h >= 0 && fill && !zeroed)
+		if (h >= 0 && fill && !zeroed && !src)
 			qcow2_zero_ahead_kick(qt);
 	}
 	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
@@ -2050,7 +2135,9 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		goto put;
 	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
 	qcow2_count(qt, QCOW2_STAT_MAP_ALLOCS);
-	if (fill)
+	if (src)
+		qcow2_count(qt, QCOW2_STAT_COPIES);
+	else if (fill)
 		qcow2_count(qt, zeroed ? QCOW2_STAT_ZEROED_ALLOCS : QCOW2_STAT_ZERO_FILLS);
 	/* Dirty now: stays in the cache, unwritten, until the entry is in. */
 	qb->alloc_l2 = qcow2_slice_data(s);
@@ -2074,10 +2161,23 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	w->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
 	w->bi_private = bio;
 	w->bi_end_io = qcow2_alloc_end_io;
-	submit_bio_noacct(w);
+	qb->cow_src = src;
+	if (src) {
+		/* First the fill: its completion submits the write. */
+		qb->cow_write = w;
+		src->bi_private = bio;
+		src->bi_end_io = qcow2_cow_read_end_io;
+		bio_clone_blkg_association(src, bio);
+		src->bi_ioprio = bio->bi_ioprio;
+		submit_bio_noacct(src);
+	} else {
+		submit_bio_noacct(w);
+	}
 	return true;
 
 put:
+	if (src)
+		qcow2_cow_src_free(src);
 	if (fill)
 		bio_put(fill);
 	if (w)

@@ -200,6 +200,8 @@ struct qcow2_bio {
 	unsigned int alloc_idx;		/* entry index in the slice */
 	void *alloc_l2;			/* the L2 slice's data (dirty) */
 	struct qcow2_l2_entry alloc_entry;
+	struct bio *cow_src;		/* reads the fill, or NULL */
+	struct bio *cow_write;		/* writes it, once read */
 };
 
 /* dm-qcow2-target.c */
