@@ -287,6 +287,21 @@ _remove_mapping()
 	esac
 }
 
+# _qemu_acked IMG N   QEMU (qemu-img convert) reads every acknowledged range
+# of scenario N from IMG
+_qemu_acked()
+{
+	local rc=0
+	if _wconvert "$1" "$WORK/out.raw"; then
+		_ranges_equal "$WORK/out.raw" "$WORK/ack.$2" ||
+			{ _qdiag "QEMU does not read back every acknowledged range"; rc=1; }
+	else
+		rc=1
+	fi
+	rm -f "$WORK/out.raw"
+	return $rc
+}
+
 # _after N   the mapping is gone: restore the lower device and check the
 # image (qemu-img check, header bits, QEMU's view of every acknowledged
 # range, then the same through a new mapping)
@@ -296,13 +311,7 @@ _after()
 	_lower_set "$n" "$(_linear "$n")" || return 1
 	_wcheck "$LO" "0 3" || rc=1
 	_wheader_clean "$LO" || rc=1
-	if _wconvert "$LO" "$WORK/out.raw"; then
-		_ranges_equal "$WORK/out.raw" "$WORK/ack.$n" ||
-			{ _qdiag "QEMU does not read back every acknowledged range"; rc=1; }
-	else
-		rc=1
-	fi
-	rm -f "$WORK/out.raw"
+	_qemu_acked "$LO" "$n" || rc=1
 	if _dm_create "$DM" "$(_qcow2_table "$LO" $((VS / 512)))"; then
 		_ranges_equal "$MAP_DEV" "$WORK/ack.$n" ||
 			{ _qdiag "a new mapping does not read back every acknowledged range"; rc=1; }
@@ -680,13 +689,8 @@ s6()
 	_loop_detach "$odev"
 	_result "$d: after restore the writes succeed; removed" $r2
 	_wcheck "$ovl" || r3=1
-	if _wconvert "$ovl" "$WORK/out.raw"; then
-		_ranges_equal "$WORK/out.raw" "$WORK/ack.6" ||
-			{ _qdiag "QEMU does not read back every acknowledged range"; r3=1; }
-	else
-		r3=1
-	fi
-	rm -f "$WORK/out.raw" "$ovl"
+	_qemu_acked "$ovl" 6 || r3=1
+	rm -f "$ovl"
 	_dm_remove "${P}6lo" >/dev/null 2>&1
 	_result "$d: the overlay checks clean (no leak), QEMU reads the writes" $r3
 	_scen_done 6 $r1 $r2 $r3
