@@ -2039,7 +2039,8 @@ static void qcow2_cow_read_end_io(struct bio *src)
  * before the data, and completes @bio.  Until then the cluster lock is held and
  * fast_updates counts the update, which keeps commits out: the L2 slice,
  * dirty from here on, is neither evicted nor written back before the entry
- * is in it.  This saves the worker's two wakeups.  Returns false, having
+ * is in it.  This saves the worker's two wakeups (one, with a copy: the
+ * write is submitted from process context).  Returns false, having
  * changed nothing, when the worker must do the write.  Nothing here may
  * wait for I/O, not even to report corruption: a bio submitted from map()
  * is queued until map() returns, so waiting for it would never end.
