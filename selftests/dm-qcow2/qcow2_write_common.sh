@@ -152,6 +152,13 @@ _wunmap()
 	return 0
 }
 
+# _wstat NAME COUNTER   one counter of the target's stats message (empty if
+# there is no such counter)
+_wstat()
+{
+	dmsetup message "$1" 0 stats | sed -n "s/^$2 \([0-9]*\)$/\1/p"
+}
+
 # _wstatus NAME   parse `dmsetup status` of a qcow2 device into
 #   WS_MODE WS_VSIZE WS_CS WS_LAYERS WS_USED WS_SLOTS WS_HITS WS_MISSES
 #   WS_MREADS WS_OREADS WS_IOERR WS_DIRTY WS_FLAGS (" corrupt no_space" words)

@@ -619,10 +619,14 @@ s5()
 }
 
 # --- 6: failing backing reads during copy-on-write ------------------------
-# _stat NAME COUNTER   one counter of the stats message
-_stat()
+# _w4k OCTAL BLOCK [DD_ARG...]   write 4 KiB of the byte \OCTAL at 4 KiB
+# block BLOCK of $MAP_DEV, O_DIRECT
+_w4k()
 {
-	dmsetup message "$1" 0 stats | sed -n "s/^$2 \([0-9]*\)$/\1/p"
+	local byte=$1 blk=$2
+	shift 2
+	dd if=/dev/zero bs=4k count=1 status=none | tr '\0' "\\$byte" |
+		dd of="$MAP_DEV" bs=4k seek="$blk" oflag=direct status=none "$@"
 }
 
 s6()
@@ -653,21 +657,17 @@ s6()
 		_ack 6 byte $((c * CS + 8192)) $((CS - 8192)) $((0x5a))
 	done
 	_ack 6 byte 4096 4096 $((0x11))
-	dd if=/dev/zero bs=4k count=1 status=none | tr '\0' '\021' |
-		dd of="$MAP_DEV" bs=4k seek=1 oflag=direct conv=fsync status=none ||
-		{ _qdiag "the first write into the overlay failed"; r1=1; }
-	ma0=$(_stat "$DM" map_allocs) cp0=$(_stat "$DM" copies)
+	_w4k 021 1 conv=fsync || { _qdiag "the first write into the overlay failed"; r1=1; }
+	ma0=$(_wstat "$DM" map_allocs) cp0=$(_wstat "$DM" copies)
 	_lower_set 6 "0 $RSECT error" || r1=1
 	for c in $(seq 2 9); do
-		if dd if=/dev/zero bs=4k count=1 status=none | tr '\0' '\042' |
-			dd of="$MAP_DEV" bs=4k seek=$((c * 16 + 1)) oflag=direct status=none \
-				2>>"$WORK/dd6.err"; then
+		if _w4k 042 $((c * 16 + 1)) 2>>"$WORK/dd6.err"; then
 			n=$((n + 1))
 		fi
 	done
 	[ "$n" -eq 0 ] || { _qdiag "$n of 8 copy-on-write writes over a failing backing device succeeded"; r1=1; }
 	_eio "$WORK/dd6.err" || r1=1
-	ma=$(_stat "$DM" map_allocs) cp=$(_stat "$DM" copies)
+	ma=$(_wstat "$DM" map_allocs) cp=$(_wstat "$DM" copies)
 	_qdiag "while the backing device failed: map_allocs +$((ma - ma0)), copies +$((cp - cp0))"
 	if [ $((ma - ma0)) -lt 1 ] || [ $((cp - cp0)) -lt 1 ]; then
 		_qdiag "no copy-on-write was tried in map()"
@@ -678,8 +678,7 @@ s6()
 	_result "$d: copy-on-write writes fail with EIO, mode stays rw" $r1
 	_lower_set 6 "$(_linear 6)" || r2=1
 	for c in $(seq 2 9); do
-		dd if=/dev/zero bs=4k count=1 status=none | tr '\0' '\063' |
-			dd of="$MAP_DEV" bs=4k seek=$((c * 16 + 1)) oflag=direct conv=fsync status=none ||
+		_w4k 063 $((c * 16 + 1)) conv=fsync ||
 			{ _qdiag "write into cluster $c failed after the restore"; r2=1; }
 		_ack 6 byte $((c * CS + 4096)) 4096 $((0x33))
 	done

@@ -148,10 +148,10 @@ _qmark
 _write 0 "a)" || rc=1
 stats=$(dmsetup message "$DM" 0 stats | tr '\n' ' ')
 _qdiag "stats: $stats"
-za=$(sed -n 's/.*zeroed_allocs \([0-9]*\).*/\1/p' <<<"$stats")
+za=$(_wstat "$DM" zeroed_allocs)
 [ "${za:-0}" -gt 0 ] || { _qdiag "no write went into a cluster zeroed ahead"; rc=1; }
-zah=$(sed -n 's/.*zero_ahead \([0-9]*\).*/\1/p' <<<"$stats")
-zac=$(sed -n 's/.*zero_ahead_clusters \([0-9]*\).*/\1/p' <<<"$stats")
+zah=$(_wstat "$DM" zero_ahead)
+zac=$(_wstat "$DM" zero_ahead_clusters)
 # 16 clusters of 64 KiB: 1 MiB per write-zeroes on average
 if [ "${zah:-0}" -eq 0 ] || [ "${zac:-0}" -lt $((16 * zah)) ]; then
 	_qdiag "no zeroing ahead in requests of >= 1 MiB (zero_ahead ${zah:-?}, clusters ${zac:-?})"
