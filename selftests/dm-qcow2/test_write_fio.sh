@@ -18,6 +18,14 @@
 #   c) as a), with `cache_size 65536` (16 slices for 32 L2 slices and the
 #      refcount blocks: constant eviction and writeback) and regions
 #      covering the whole disk.
+#   e) an overlay (files in $WORK) over a backing image with data in all its
+#      clusters, the backing behind dm-delay (reads take 100 ms): 4k random
+#      writes over 8 MiB (128 clusters) at iodepth 1024, verify.  Each
+#      cluster's first write copies it in map() and holds its cluster lock
+#      until the copy is written; meanwhile the other writes wait for those
+#      locks on the workers, far more of them than a workqueue runs at once.
+#      A copy whose write queued behind them would never finish.  QEMU must
+#      read the region as we do.
 # After each part the device is removed and `qemu-img check` must exit 0
 # (no corruption, no leaks); the image is mapped again for the next part,
 # so every part also starts from an image the kernel wrote and QEMU checked.
@@ -39,7 +47,7 @@ SEED=$(_wseed)
 echo "# image of $VS bytes on $DISK ($DISK_SIZE bytes), fio seed $SEED"
 
 ktap_header
-ktap_plan 7
+ktap_plan 8
 
 # _fio NAME JOBFILE   run fio; fails on a non-zero exit or any error report
 _fio()
@@ -234,6 +242,75 @@ if [ $rc -eq 0 ] && cmp -s -n 4096 "$WORK/d.dm" /dev/zero; then
 fi
 rm -f "$WORK/d.dm" "$WORK/d.qemu"
 _result "d) 4 jobs, interleaved 4k blocks of shared fresh clusters: verify; QEMU reads the same; qemu-img check exit 0" $rc
+
+# --- e) ---------------------------------------------------------------------
+# _storm   part e): prints its diagnostics, returns non-zero on a failure
+_storm()
+{
+	local base=$WORK/e-base.qcow2 ovl=$WORK/e-ovl.qcow2 dm=${DM}e delay=${DM}edelay
+	local dev=/dev/mapper/${DM}e bloop loop copies deferred map rc=0
+
+	qemu-img create -q -f qcow2 -o cluster_size=64k "$base" $((8 * M)) &&
+		qemu-io -f qcow2 -c "write -P 0x5a 0 8M" "$base" >/dev/null &&
+		qemu-img create -q -f qcow2 -o cluster_size=64k -b "$base" -F qcow2 "$ovl" &&
+		_wroom "$ovl" $((8 * M)) || { _qdiag "cannot make the overlay"; return 1; }
+	bloop=$(_wloop_attach "$base" --read-only) &&
+		_dm_create "$delay" "0 $(blockdev --getsz "$bloop") delay $bloop 0 100" ro &&
+		loop=$(_wimg_attach "$ovl") &&
+		_dm_create "$dm" "$(_qcow2_table "$loop" $((8 * M / 512)) backing qcow2 \
+			"/dev/mapper/$delay")" || { _qdiag "cannot map the overlay over dm-delay"; return 1; }
+	# The L2 table first (a worker makes it), so that the copies are made in map().
+	dd if=/dev/zero of="$dev" bs=4k count=1 oflag=direct status=none || rc=1
+	copies=$(_wstat "$dm" copies) deferred=$(_wstat "$dm" deferred) map=$(_wstat "$dm" map_allocs)
+	cat >"$WORK/e.fio" <<EOF
+[storm]
+filename=$dev
+ioengine=libaio
+iodepth=1024
+direct=1
+rw=randwrite
+bs=4k
+size=$((8 * M))
+verify=crc32c
+do_verify=1
+verify_fatal=1
+verify_dump=0
+randseed=$SEED
+EOF
+	[ $rc -eq 0 ] && { _fio e-storm "$WORK/e.fio" || rc=1; }
+	[ $rc -eq 0 ] || return 1
+	copies=$(($(_wstat "$dm" copies) - copies))
+	deferred=$(($(_wstat "$dm" deferred) - deferred))
+	map=$(($(_wstat "$dm" map_allocs) - map))
+	_qdiag "e) copies $copies (in map(): $map), writes deferred to workers $deferred"
+	# One copy per cluster, made in map(); more waiters than a workqueue
+	# runs at once (max_active 256), else the test proves nothing.
+	[ "$copies" -eq 127 ] || { _qdiag "expected 127 copies"; rc=1; }
+	[ "$map" -ge 1 ] || { _qdiag "no copy was made in map()"; rc=1; }
+	[ "$deferred" -ge 512 ] || { _qdiag "too few writes waited for a cluster: no storm"; rc=1; }
+	dd if="$dev" of="$WORK/e.dm" bs=1M count=8 iflag=direct status=none || rc=1
+	_dm_remove "$dm" >/dev/null || rc=1
+	_dm_remove "$delay" >/dev/null || rc=1
+	[ $rc -eq 0 ] || return 1
+	_wcheck "$ovl" || rc=1
+	_wconvert "$ovl" "$WORK/e.qemu" || rc=1
+	cmp -s "$WORK/e.dm" "$WORK/e.qemu" ||
+		{ _qdiag "QEMU reads the overlay differently: $(cmp "$WORK/e.dm" "$WORK/e.qemu" | head -1)"; rc=1; }
+	rm -f "$WORK/e.dm" "$WORK/e.qemu"
+	return $rc
+}
+
+E_NAME="e) 1024 writes queued behind copies in map() over a slow backing: verify; QEMU reads the same; qemu-img check exit 0"
+modprobe dm-delay 2>/dev/null
+if dmsetup targets | grep -q '^delay '; then
+	t0=${EPOCHREALTIME//[.,]/}
+	rc=0
+	_storm || rc=1
+	_qdiag "e) $(_elapsed "$t0") s"
+	_result "$E_NAME" $rc
+else
+	ktap_skip "$E_NAME" "no dm-delay target in this kernel"
+fi
 
 # --- c) ---------------------------------------------------------------------
 t0=${EPOCHREALTIME//[.,]/}

@@ -585,6 +585,8 @@ static void qcow2_dtr(struct dm_target *ti)
 
 	if (qt->wq)
 		destroy_workqueue(qt->wq);
+	if (qt->io_wq)
+		destroy_workqueue(qt->io_wq);
 	/* Normally postsuspend committed already; this is cheap then. */
 	if (qt->reftable && qt->cache && qt->mode == QCOW2_MODE_RW)
 		qcow2_commit_clean(qt);
@@ -755,7 +757,12 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	qt->cache = qcow2_cache_create(qt, qt->cache_size);
 	qt->dpool = qcow2_dpool_create(qt);
 	qt->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
-	if (!qt->cache || !qt->dpool || !qt->wq) {
+	/*
+	 * Its own queue: workers of qt->wq wait for the cluster locks that
+	 * these items release, so they must never queue behind such workers.
+	 */
+	qt->io_wq = alloc_workqueue("dm-" DM_MSG_PREFIX "-io", WQ_MEM_RECLAIM | WQ_HIGHPRI, 0);
+	if (!qt->cache || !qt->dpool || !qt->wq || !qt->io_wq) {
 		ti->error = "Cannot allocate memory";
 		r = -ENOMEM;
 		goto bad;

@@ -32,6 +32,11 @@
  * that allocates in map() (qcow2_alloc_in_map()) only tries its locks and
  * counts itself in fast_updates instead of update_sem, until its data write
  * completes and stores its L2 entry; commits wait for that count too.
+ * Workers of qt->wq wait for cluster locks, and there are only so many of
+ * them: nothing that holds a cluster lock (or fast_updates) may wait for an
+ * item of qt->wq.  The write of a copy made in map() is submitted from
+ * qt->io_wq, and a failed allocation in map() lets go of its lock before a
+ * worker gives its cluster back.
  */
 #include <linux/blkdev.h>
 #include <linux/hash.h>
@@ -1929,7 +1934,11 @@ static void qcow2_alloc_release(struct qcow2_target *qt, struct qcow2_bio *qb)
 		wake_up(&qt->fast_wait);
 }
 
-/* The data write failed: give the cluster back, then fail the bio. */
+/*
+ * The data write failed: give the cluster back, then fail the bio.  The
+ * cluster lock and fast_updates were released already (nothing refers to
+ * the cluster, so a plain update can free it).
+ */
 static void qcow2_alloc_undo(struct work_struct *work)
 {
 	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
@@ -1937,8 +1946,6 @@ static void qcow2_alloc_undo(struct work_struct *work)
 	struct qcow2_target *qt = qb->qt;
 	u64 host = qb->alloc_entry.entry & QCOW2_L2E_OFFSET_MASK;
 
-	/* Nothing refers to the cluster: a plain update can free it. */
-	qcow2_alloc_release(qt, qb);
 	if (!qcow2_begin_update(qt)) {
 		mutex_lock(&qt->meta_lock);
 		qcow2_refcount_add(qt, host >> qcow2_top(qt)->qi.cluster_bits, -1, NULL);
@@ -1962,6 +1969,12 @@ static void qcow2_alloc_end_io(struct bio *w)
 	}
 	if (st) {
 		bio->bi_status = st;
+		/*
+		 * Release first: the worker that gives the cluster back may
+		 * queue behind workers that wait for this cluster lock.  Until
+		 * then the cluster is only leaked, never referenced.
+		 */
+		qcow2_alloc_release(qt, qb);
 		INIT_WORK(&qb->work, qcow2_alloc_undo);
 		queue_work(qt->wq, &qb->work);
 		return;
@@ -2021,7 +2034,7 @@ static void qcow2_cow_read_end_io(struct bio *src)
 		return;
 	}
 	INIT_WORK(&qb->work, qcow2_cow_write);
-	queue_work(qb->qt->wq, &qb->work);
+	queue_work(qb->qt->io_wq, &qb->work);
 }
 
 /*

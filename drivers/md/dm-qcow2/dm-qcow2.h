@@ -139,7 +139,8 @@ struct qcow2_target {
 	struct qcow2_cache *cache;
 	struct qcow2_dpool *dpool;
 	struct dm_io_client *io_client;
-	struct workqueue_struct *wq;
+	struct workqueue_struct *wq;	/* deferred bios, zeroing ahead */
+	struct workqueue_struct *io_wq;	/* writes of copies made in map() */
 	struct bio_set bs;		/* read clones, per-cluster pieces of writes */
 	struct bio_set write_bs;	/* writes of a piece's data to the device */
 
