@@ -19,8 +19,10 @@
 #      `qemu-img check` exits 0, no dirty/corrupt bit;
 #   3. QEMU's view: `qemu-img convert -O raw`, loop-mounted read-only, has
 #      every file with the right sha256sum (and no other file).
-# Plus, for the first case, the same through qemu-nbd if the nbd module
-# loads (skipped otherwise).
+# (No view through qemu-nbd and the kernel's nbd client: connecting one
+# flips a static key (memalloc_socks_key, sk_set_memalloc()), and live
+# kernel text patching under TCG panics the guest at random with "Oops:
+# int3"; the CI of 2026-11-27 died so.  Step 3 is QEMU's view already.)
 #
 # QCOW2_SEED=N reproduces a run (the seed is printed).
 
@@ -46,7 +48,7 @@ if command -v mkfs.xfs >/dev/null && command -v xfs_repair >/dev/null; then
 fi
 
 ktap_header
-ktap_plan 10
+ktap_plan 9
 
 # _mounted_sums DEV FSTYPE OPTS SUMS   mount DEV read-only, check every sum
 # and that no other file exists, unmount
@@ -138,24 +140,6 @@ _qmark
 IMG1=$WORK/ext4.qcow2
 _mkimg "$IMG1" $((128 * M)) cluster_size=64k || _fail "qemu-img create failed"
 _fs_case "ext4 empty image" ext4 "$IMG1" $((128 * M)) "$SEED"
-
-# nbd: QEMU serving the image to the kernel
-rc=0
-if modprobe nbd 2>/dev/null && [ -b /dev/nbd0 ] && command -v qemu-nbd >/dev/null; then
-	mkdir -p /run/lock
-	if qemu-nbd -r -f qcow2 -c /dev/nbd0 "$IMG1" 2>"$WORK/nbd.err"; then
-		_on_exit qemu-nbd -d /dev/nbd0
-		udevadm settle 2>/dev/null
-		_mounted_sums /dev/nbd0 ext4 ro,noload "$WORK/sums.$SEED" || rc=1
-		qemu-nbd -d /dev/nbd0 >/dev/null 2>&1
-		_result "ext4 empty image: QEMU's view through qemu-nbd has every file" $rc
-	else
-		_qdiag "qemu-nbd -c failed: $(cat "$WORK/nbd.err")"
-		_result "ext4 empty image: QEMU's view through qemu-nbd has every file" 1
-	fi
-else
-	ktap_skip "ext4 empty image: QEMU's view through qemu-nbd has every file" "no nbd module or qemu-nbd"
-fi
 rm -f "$IMG1"
 
 # --- ext4 on an overlay over a base -----------------------------------------
