@@ -201,6 +201,7 @@ setup_devices() {
 	modprobe loop
 	if modprobe nbd 2>/dev/null && [ -b /dev/nbd0 ]; then
 		HAVE_NBD=1
+		nbd_keeper
 	else
 		note "qemu-nbd column skipped: the nbd module is not available in this kernel"
 	fi
@@ -264,6 +265,20 @@ attach_qcow2() {
 	[ -b /dev/mapper/bench-qcow2 ] || dmsetup mknodes bench-qcow2
 	DEVPATH=/dev/mapper/bench-qcow2
 	stat_devs "$top" "$@"
+}
+
+# nbd_keeper   connect /dev/nbd15 to a small file for the rest of the run
+# (never disconnected: the guest powers off with poweroff -f).  Each nbd
+# socket is marked with sk_set_memalloc(), whose first user turns a static
+# key on and whose last one turns it off again: live kernel text patching,
+# which under TCG panics the guest at random ("Oops: int3").  With this
+# connection held, the key flips once, now, while the guest is quiet, and
+# not around every qemu-nbd column.
+nbd_keeper() {
+	[ -b /dev/nbd15 ] || return 0
+	truncate -s 1M "$TMP/nbd-keeper.raw" &&
+		qemu-nbd -r -f raw -c /dev/nbd15 "$TMP/nbd-keeper.raw" >/dev/null 2>&1 ||
+		note "could not hold /dev/nbd15 open: nbd columns may flip a static key"
 }
 
 # attach_nbd rw|ro TOP   (backing files are opened by qemu from the headers)
