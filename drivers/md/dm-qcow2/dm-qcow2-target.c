@@ -761,7 +761,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	 * Its own queue: workers of qt->wq wait for the cluster locks that
 	 * these items release, so they must never queue behind such workers.
 	 */
-	qt->io_wq = alloc_workqueue("dm-" DM_MSG_PREFIX "-io", WQ_MEM_RECLAIM | WQ_HIGHPRI, 0);
+	qt->io_wq = alloc_workqueue("dm-" DM_MSG_PREFIX "-io", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
 	if (!qt->cache || !qt->dpool || !qt->wq || !qt->io_wq) {
 		ti->error = "Cannot allocate memory";
 		r = -ENOMEM;
