@@ -15,6 +15,8 @@
 #   prealloc    (a) preallocation=metadata, then written fully by qemu-io
 #   overlay     (c) fresh overlay over the (a) image, copy-on-write writes,
 #                   64 KiB clusters with and without extended_l2=on
+#   (with (b) and (c): raw doing the device I/O of one such write without
+#   extended L2, its floor; see kind_floor)
 #   compressed  (d) zlib-compressed image (made on the host), reads
 #   chain       (e) 1, 16, 256 layers, data in the bottom layer (the (a) image)
 #   sparse      (f) 1 TiB, preallocation=metadata (128 MiB of L2 tables),
@@ -56,6 +58,7 @@ ONLY=${BENCH_ONLY:-empty prealloc overlay compressed chain sparse open}
 GIB=$((1 << 30))
 SIZE=$GIB			# virtual size of the images and the fio region
 EMPTY_SIZE=$((64 * GIB))	# (b): large, so that random writes rarely meet
+RESET_SIZE=$((3 * GIB))		# what scratch_reset() discards (null_blk: frees)
 SPARSE_SIZE=$((1024 * GIB))	# (f); QUICK: 128 GiB (16 MiB of L2 tables), made in seconds
 # Allocating runs are bounded by a number of I/Os (each 4k write into a new
 # 64 KiB cluster stores 64 KiB; null_blk keeps it in guest RAM).
@@ -103,6 +106,11 @@ wl_args() {
 	rw32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
 	sr)   echo "--rw=read --bs=1M --iodepth=4" ;;
 	sw)   echo "--rw=write --bs=1M --iodepth=4" ;;
+	# the floors of kind_floor(): 64 KiB writes; 64 KiB reads and writes
+	fa1)  echo "--rw=randwrite --bs=64k --iodepth=1" ;;
+	fa32) echo "--rw=randwrite --bs=64k --iodepth=32" ;;
+	fc1)  echo "--rw=randrw --rwmixread=50 --bs=64k --iodepth=1" ;;
+	fc32) echo "--rw=randrw --rwmixread=50 --bs=64k --iodepth=32" ;;
 	*)    return 1 ;;
 	esac
 }
@@ -221,7 +229,7 @@ setup_devices() {
 
 # Free what earlier runs stored on the scratch device (null_blk: memory).
 scratch_reset() {
-	blkdiscard -o 0 -l $((3 * GIB)) "$SCRATCH" 2>/dev/null ||
+	blkdiscard -o 0 -l "$RESET_SIZE" "$SCRATCH" 2>/dev/null ||
 		dd if=/dev/zero of="$SCRATCH" bs=1M count=1 oflag=direct status=none
 }
 
@@ -582,7 +590,7 @@ kind_empty() {
 			done
 		done
 	done
-	scratch_reset
+	kind_floor alloc
 }
 
 # ---------------------------------------------------------------------------
@@ -616,6 +624,34 @@ kind_overlay() {
 				fi
 			done
 		done
+	done
+	kind_floor cow
+}
+
+# kind_floor alloc|cow: raw (dm-linear) doing the device I/O that one 4k
+# write of (b) or (c) costs without extended L2 when the device has no
+# write-zeroes (null_blk): alloc, one 64 KiB write (the data and the zero
+# fill of its new cluster) into unwritten space; cow, one 64 KiB read (the
+# backing cluster) and one 64 KiB write (the copy), as fio's randrw 50/50
+# over unwritten space, whose reads and writes the report counts as one
+# write of (c) per pair.  Not a hard limit: the backends overlap these I/Os
+# differently, and where the device has write-zeroes (virtio) dm-qcow2
+# writes 4 KiB per allocating write after zeroing ahead.  The region is what
+# scratch_reset() frees: 64 KiB writes over all of EMPTY_SIZE would keep
+# gigabytes of null_blk pages that a discard of it takes minutes to free.
+kind_floor() {
+	local v=$1 wl wls cap
+	if [ "$v" = alloc ]; then wls=(fa1 fa32); cap=$CAP_EMPTY_4K; else wls=(fc1 fc32); cap=$((2 * CAP_COW)); fi
+	[ "$QUICK" = 1 ] && wls=("${wls[1]}")
+	for wl in "${wls[@]}"; do plan floor "$v" "$wl" raw; done
+	for wl in "${wls[@]}"; do
+		scratch_reset
+		if attach raw rw "$RESET_SIZE" "$SCRATCH"; then
+			point floor "$v" "$wl" raw "$RESET_SIZE" alloc "$cap"
+			detach raw
+		else
+			failed floor "$v" "$wl" raw "attach failed"
+		fi
 	done
 	scratch_reset
 }

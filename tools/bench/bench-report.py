@@ -27,6 +27,8 @@ WORKLOADS = {
     "rr1": "4k randread QD1", "rr32": "4k randread QD32",
     "rw1": "4k randwrite QD1", "rw32": "4k randwrite QD32",
     "sr": "1M read QD4", "sw": "1M write QD4",
+    "fa1": "64k randwrite QD1", "fa32": "64k randwrite QD32",
+    "fc1": "64k randrw 50/50 QD1", "fc32": "64k randrw 50/50 QD32",
 }
 WL_ORDER = ["rr1", "rr32", "rw1", "rw32", "sr", "sw"]
 SPARSE_SIZE = [1 << 40]		# set from the guest's META
@@ -199,8 +201,8 @@ def build_rows(points):
     rows = []
     for g in sorted(groups, key=sort_key):
         kind, variant, wl = g
-        if kind == "sparse" and variant != "default":
-            continue		# the cache curve has a table of its own
+        if (kind == "sparse" and variant != "default") or kind == "floor":
+            continue		# the cache curve and the floors have tables of their own
         row = {"kind": kind, "variant": variant, "workload": wl,
                "label": kind_label(kind, variant), "workload_label": WORKLOADS.get(wl, wl),
                "unit": "MiB/s" if wl in ("sr", "sw") else "IOPS", "values": {},
@@ -236,6 +238,31 @@ def build_rows(points):
         row["qcow2_dev"] = devreqs(qp)
         rows.append(row)
     return rows
+
+
+# The rows of (b) and (c) without extended L2, each with the raw point that
+# did its device I/O (tools/bench/bench-guest.sh, kind_floor): its variant,
+# workload, and how many of its I/Os make one write of the row.
+FLOORS = {("empty", "64k", "rw1"): ("alloc", "fa1", 1), ("empty", "64k", "rw32"): ("alloc", "fa32", 1),
+          ("overlay", "64k", "rw1"): ("cow", "fc1", 2), ("overlay", "64k", "rw32"): ("cow", "fc32", 2)}
+
+
+def floor_rows(rows, points):
+    out = []
+    for r in rows:
+        f = FLOORS.get((r["kind"], r["variant"], r["workload"]))
+        if not f:
+            continue
+        vals = [p["value"] for p in points if key(p) == ("floor", f[0], f[1], "raw")
+                and p.get("value") is not None]
+        fl = median(vals) / f[2] if vals else None
+        row = {"kind": r["kind"], "variant": r["variant"], "workload": r["workload"],
+               "label": r["label"], "workload_label": r["workload_label"],
+               "floor_workload": WORKLOADS[f[1]], "floor": fl, "values": r["values"]}
+        row["ratios"] = {b: r["values"][b] / fl if fl and r["values"].get(b) else None
+                         for b in ("qcow2", "nbd", "vduse")}
+        out.append(row)
+    return out
 
 
 def curve(points):
@@ -388,13 +415,14 @@ def main():
     have = {key(p) for p in points if p.get("value") is not None}
     missing = [p for p in log["plan"] if key(p) not in have]
     rows = build_rows(points)
+    floors = floor_rows(rows, points)
     c, refs = curve(points)
 
     res = {"host": host, "guest": meta, "host_load_1min": {
                "samples": len(loads), "min": min(loads) if loads else None,
                "max": max(loads) if loads else None,
                "mean": sum(loads) / len(loads) if loads else None},
-           "done": log["done"], "rows": rows, "cache_curve": c, "cache_curve_refs": refs,
+           "done": log["done"], "rows": rows, "floors": floors, "cache_curve": c, "cache_curve_refs": refs,
            "open": log["open"], "notes": log["notes"], "plan": log["plan"],
            "missing": missing, "points": points}
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -462,6 +490,33 @@ def main():
               "device, reading.  † raw measured once per workload, with (a) (for (b) with extended L2: with "
               "(b)): the image kind does not change what raw does." % ssz)
     md.append("")
+    if any(f["floor"] for f in floors):
+        md.append("### (b), (c) against the device I/O they need")
+        md.append("")
+        md.append("| workload | image kind | raw doing that I/O | its rate | dm-qcow2 | qemu-nbd | vduse "
+                  "| dm-qcow2 : it | qemu-nbd : it | vduse : it |")
+        md.append("|---|---|---|--:|--:|--:|--:|--:|--:|--:|")
+        for f in floors:
+            v = f["values"]
+            md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                f["workload_label"], f["label"], f["floor_workload"], fmt_val(f["floor"], "IOPS"),
+                fmt_val(v["qcow2"], "IOPS"), fmt_val(v["nbd"], "IOPS"), fmt_val(v["vduse"], "IOPS"),
+                fmt_ratio(f["ratios"]["qcow2"]), fmt_ratio(f["ratios"]["nbd"]),
+                fmt_ratio(f["ratios"]["vduse"])))
+        md.append("")
+        md.append("Without extended L2 and without write-zeroes on the device, a 4k write into a new "
+                  "cluster of 64 KiB writes 64 KiB (its data and the zeros around it; every backend "
+                  "does), and a copy-on-write reads the 64 KiB backing cluster and writes 64 KiB.  "
+                  "\"raw doing that I/O\" is dm-linear running exactly that with fio over the first 3 GiB "
+                  "of the scratch device, discarded before (so that most writes, not all, land in "
+                  "unwritten space), at the same queue depth and for as many writes "
+                  "(for (c) a 50/50 mix of 64 KiB random reads and writes, two I/Os per write, so "
+                  "its rate is half fio's IOPS); the reads of (c) come from the backing device "
+                  "there, from the same discarded space here.  A backend above 1 overlaps or saves some of "
+                  "that I/O (e.g. dm-qcow2 zeroing ahead where the device has write-zeroes, "
+                  "in which case only 4 KiB are written per write); a ratio to qemu-nbd above "
+                  "raw : qemu-nbd here is out of reach for any backend that does this I/O.")
+        md.append("")
     if have_curve:
         md.append("### (f) dm-qcow2 cache_size curve: %s image, 4k randread QD32" % ssz)
         md.append("")
