@@ -622,6 +622,10 @@ def main():
               "`cache.direct=on,aio=native` (every backing layer explicit), `--export type=vduse-blk` "
               "(default 1 queue of 256), `vdpa dev add`.  Writes are not followed by a flush in any "
               "column: dm-qcow2 and QEMU both keep metadata in memory until a flush.")
+    md.append("- Before the first point the guest's free memory is touched once and freed "
+              "(bench-guest.sh, warm_memory): under TCG the first write to a page of guest memory "
+              "costs a page fault on the host, which would otherwise fall on the first points that "
+              "store much data in null_blk's memory.")
     md.append("- dm-qcow2 images used for writes were checked with `qemu-img check` after each run "
               "(see notes).")
     md.append("")
