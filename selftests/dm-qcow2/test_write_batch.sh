@@ -8,7 +8,8 @@
 # Each case prepares an image with QEMU so that a batch must stop early: an
 # allocated cluster, a zero cluster, a partly allocated cluster (extended
 # L2), a backing file below, an L2 slice boundary, 4 KiB clusters (16
-# batches per 1 MiB write), a version 2 image.  Then it writes, through the
+# batches per 1 MiB write), a version 2 image, a cluster whose lock a write
+# in flight holds (case 6).  Then it writes, through the
 # mapped device with O_DIRECT, aligned and unaligned runs of 1 MiB and less,
 # the same to a raw reference, and requires `qemu-img check` to be clean
 # and QEMU to read the reference back from the image.
@@ -27,7 +28,7 @@ DATA=$WORK/data
 _pattern_file "$DATA" $((2 * M)) 7
 
 ktap_header
-ktap_plan 5
+ktap_plan 6
 
 # The writes of every case, offset:length in bytes, in requests of up to
 # 1 MiB; the data comes from $DATA at the offset modulo 1 MiB.
@@ -112,5 +113,72 @@ _case "version 2 image" "$IMG"
 #    nothing to batch; the data must still land.
 IMG=$WORK/a.qcow2
 _case "64k clusters, rewritten in place" "$IMG"
+
+# 6. a cluster locked by a write in flight: a write of cluster 5 is
+#    allocated in map(), which holds the cluster's lock until its data is
+#    written, and dm-delay under the image holds every write back 2 s.  A
+#    1 MiB write from 0 meanwhile allocates clusters 0-4 in one batch (the
+#    batch only tries the locks after its first cluster's, so it ends
+#    before 5 rather than wait for it with 0-4 held), waits for 5 in the
+#    one-cluster path (an overwrite by then) and batches 6-15.  Requires
+#    the scenario to have happened: the cluster 5 write allocated in map()
+#    and still in flight when the 1 MiB write was issued, then 15
+#    allocations by the worker.  The writes before the 1 MiB one cover
+#    whole clusters, so that nothing is zeroed ahead (the device may have
+#    write-zeroes), which would keep allocations out of map() meanwhile.
+_held()
+{
+	local img=$WORK/f.qcow2 ref=$WORK/ref.raw dm=${DM}f delay=${DM}fdelay
+	local dev=/dev/mapper/${DM}f loop map wk pid rc=0
+
+	_mkimg "$img" $SIZE cluster_size=64k && _wroom "$img" $SIZE &&
+		_wconvert "$img" "$ref" || return 1
+	loop=$(_wimg_attach "$img") &&
+		_dm_create "$delay" "0 $(blockdev --getsz "$loop") delay $loop 0 0 $loop 0 2000" &&
+		_dm_create "$dm" "$(_qcow2_table "/dev/mapper/$delay" $((SIZE / 512)))" ||
+		{ _qdiag "cannot map the image over dm-delay"; return 1; }
+	# The L2 table first (the worker makes it), so that map() can allocate.
+	dd if="$DATA" of="$dev" bs=64k count=1 seek=20 oflag=direct status=none &&
+		dd if="$DATA" of="$ref" bs=64k count=1 seek=20 conv=notrunc status=none ||
+		{ _qdiag "the first write failed"; return 1; }
+	map=$(_wstat "$dm" map_allocs) wk=$(_wstat "$dm" worker_allocs)
+	dd if="$DATA" of="$dev" bs=64k count=1 skip=3 seek=5 oflag=direct status=none &
+	pid=$!
+	sleep 0.5
+	if ! kill -0 "$pid" 2>/dev/null; then
+		_qdiag "the write of cluster 5 ended before the 1 MiB write began: the delay is too short here"
+		rc=1
+	fi
+	dd if="$DATA" of="$dev" bs=$M count=1 oflag=direct status=none || rc=1
+	wait "$pid" || rc=1
+	map=$(($(_wstat "$dm" map_allocs) - map))
+	wk=$(($(_wstat "$dm" worker_allocs) - wk))
+	_qdiag "allocations in map(): $map, by the worker: $wk"
+	[ "$map" -eq 1 ] || { _qdiag "expected the write of cluster 5 to be allocated in map()"; rc=1; }
+	[ "$wk" -eq 15 ] || { _qdiag "expected 15 clusters allocated by the worker"; rc=1; }
+	_dm_remove "$dm" >/dev/null || rc=1
+	_dm_remove "$delay" >/dev/null || rc=1
+	dd if="$DATA" of="$ref" bs=64k count=1 skip=3 seek=5 conv=notrunc status=none &&
+		dd if="$DATA" of="$ref" bs=$M count=1 conv=notrunc status=none || rc=1
+	[ $rc -eq 0 ] || return 1
+	_wcheck "$img" || rc=1
+	_wconvert "$img" "$WORK/out.raw" || rc=1
+	cmp -s "$WORK/out.raw" "$ref" ||
+		{ _qdiag "QEMU reads other data: $(cmp "$WORK/out.raw" "$ref" 2>&1 | head -1)"; rc=1; }
+	rm -f "$ref" "$WORK/out.raw"
+	return $rc
+}
+
+F_NAME="a batch meets a cluster locked by a write in flight"
+modprobe dm-delay 2>/dev/null
+if dmsetup targets | grep -q '^delay '; then
+	_qmark
+	rc=0
+	_held || rc=1
+	_check_dmesg_clean || rc=1
+	_result "$F_NAME" $rc
+else
+	ktap_skip "$F_NAME" "no dm-delay target in this kernel"
+fi
 
 ktap_finish
