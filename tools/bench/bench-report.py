@@ -514,8 +514,9 @@ def main():
                   "its rate is half fio's IOPS); the reads of (c) come from the backing device "
                   "there, from the same discarded space here.  A backend above 1 overlaps or saves some of "
                   "that I/O (e.g. dm-qcow2 zeroing ahead where the device has write-zeroes, "
-                  "in which case only 4 KiB are written per write); a ratio to qemu-nbd above "
-                  "raw : qemu-nbd here is out of reach for any backend that does this I/O.")
+                  "in which case only 4 KiB are written per write, or reading backing clusters "
+                  "while earlier copies are written); a backend that does this I/O one write at a "
+                  "time cannot beat qemu-nbd by more than the rate here divided by qemu-nbd's.")
         md.append("")
     if have_curve:
         md.append("### (f) dm-qcow2 cache_size curve: %s image, 4k randread QD32" % ssz)
