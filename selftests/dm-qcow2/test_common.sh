@@ -191,14 +191,21 @@ _require_module()
 		_fail "${DM_QCOW2_MODULE} loaded but 'dmsetup targets' has no ${DM_QCOW2_TARGET}"
 }
 
-# _require_dm_target NAME: the stock target NAME (linear, flakey, ...) is
-# available (loaded with modprobe dm-NAME if needed) or skip.
+# _have_dm_target NAME: whether the stock target NAME (linear, flakey, ...)
+# is available, loaded with modprobe dm-NAME if needed (for one case that
+# skips itself without it).
+_have_dm_target()
+{
+	_dm_target_registered "$1" && return 0
+	modprobe -q "dm-$1" 2>/dev/null
+	_dm_target_registered "$1"
+}
+
+# _require_dm_target NAME: the same, or skip the whole test.
 _require_dm_target()
 {
 	_require_cmd dmsetup
-	_dm_target_registered "$1" && return 0
-	modprobe -q "dm-$1" 2>/dev/null
-	_dm_target_registered "$1" || _skip "device-mapper target $1 not available"
+	_have_dm_target "$1" || _skip "device-mapper target $1 not available"
 }
 
 # _disk N: print the Nth (from 1) spare disk of $QCOW2_DISKS; if there is

@@ -170,8 +170,7 @@ _held()
 }
 
 F_NAME="a batch meets a cluster locked by a write in flight"
-modprobe dm-delay 2>/dev/null
-if dmsetup targets | grep -q '^delay '; then
+if _have_dm_target delay; then
 	_qmark
 	rc=0
 	_held || rc=1

@@ -303,8 +303,7 @@ EOF
 }
 
 E_NAME="e) 1024 writes queued behind copies in map() over a slow backing: verify; QEMU reads the same; qemu-img check exit 0"
-modprobe dm-delay 2>/dev/null
-if dmsetup targets | grep -q '^delay '; then
+if _have_dm_target delay; then
 	t0=${EPOCHREALTIME//[.,]/}
 	rc=0
 	_storm || rc=1
