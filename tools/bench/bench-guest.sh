@@ -231,14 +231,14 @@ setup_devices() {
 # write to a page of guest memory costs the QEMU process a page fault on the
 # host; without this, the first points that store much data (null_blk keeps
 # it in guest memory: the allocating points of (b), which run first) pay for
-# it and later ones writing as much do not (16,384 4k allocating writes at
-# QD1 through dm-qcow2: 3,632 IOPS as the VM's first run, 6,021 as its third).
+# it and later ones writing as much do not (tools/bench/first-touch.sh).
 warm_memory() {
 	local mb t0
 	mb=$(awk '/^MemFree:/ { print int($2 / 1024) - 512 }' /proc/meminfo)
 	[ "$mb" -gt 0 ] || return 0
 	t0=$(now_ms)
-	mkdir -p "$TMP/warm" && mount -t tmpfs -o size="${mb}m" bench-warm "$TMP/warm" || return 0
+	mkdir -p "$TMP/warm" && mount -t tmpfs -o size="${mb}m" bench-warm "$TMP/warm" ||
+		{ note "touching guest memory failed: no tmpfs"; return 0; }
 	fallocate -l "${mb}MiB" "$TMP/warm/f" || note "touching guest memory failed"
 	umount "$TMP/warm"
 	log "touched $mb MiB of guest memory in $(($(now_ms) - t0)) ms"
@@ -648,13 +648,14 @@ kind_overlay() {
 # kind_floor alloc|cow: raw (dm-linear) doing the device I/O that one 4k
 # write of (b) or (c) costs without extended L2 when the device has no
 # write-zeroes (null_blk): alloc, one 64 KiB write (the data and the zero
-# fill of its new cluster) into unwritten space; cow, one 64 KiB read (the
-# backing cluster) and one 64 KiB write (the copy), as fio's randrw 50/50
-# over unwritten space, whose reads and writes the report counts as one
-# write of (c) per pair.  Not a hard limit: the backends overlap these I/Os
-# differently, and where the device has write-zeroes (virtio) dm-qcow2
-# writes 4 KiB per allocating write after zeroing ahead.  The region is what
-# scratch_reset() frees: 64 KiB writes over all of EMPTY_SIZE would keep
+# fill of its new cluster); cow, one 64 KiB read (the backing cluster) and
+# one 64 KiB write (the copy), as fio's randrw 50/50, whose reads and
+# writes the report counts as one write of (c) per pair.  Not a hard limit:
+# the backends overlap these I/Os differently, and where the device has
+# write-zeroes (virtio) dm-qcow2 writes 4 KiB per allocating write after
+# zeroing ahead.  Over discarded
+# space, the region that scratch_reset() frees (later writes meet earlier
+# ones now and then): 64 KiB writes over all of EMPTY_SIZE would keep
 # gigabytes of null_blk pages that a discard of it takes minutes to free.
 kind_floor() {
 	local v=$1 wl wls cap
