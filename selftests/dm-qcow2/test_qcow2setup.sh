@@ -470,7 +470,7 @@ t_status_list()
 	python3 -m json.tool <<<"$OUT" >/dev/null || { _diag "status --json is not JSON"; rc=1; }
 	_json 'd["mode"] == "ro" and d["read_only"] and d["qcow2setup"]' \
 		'd["virtual_size"] == 24 << 20 and d["sectors"] == 49152' \
-		'd["cache_size"] == 1 << 20 and d["cache"]["slices"] == 256' \
+		'd["cache_size"] == 1 << 20 and d["cache"]["slices"] == 256 and not d["cache_size_default"]' \
 		'd["open_reads"] >= 1 and d["metadata_reads"] >= d["open_reads"]' \
 		'd["cache"]["hits"] + d["cache"]["misses"] >= 1 and d["io_errors"] == 0' \
 		'd["layers"][0]["path"] == os.environ["WORK"] + "/plain.qcow2"' || rc=1
@@ -554,7 +554,9 @@ t_readwrite()
 	[ "$(blockdev --getro "/dev/mapper/$n")" = 0 ] || { _diag "device is read-only"; rc=1; }
 	_q2s status --json "$n"
 	_json 'd["mode"] == "rw" and not d["read_only"] and d["layers"][0]["read_only"] is False' \
-		'd["dirty_slices"] is not None and not d["corrupt"] and not d["no_space"]' || rc=1
+		'd["dirty_slices"] is not None and not d["corrupt"] and not d["no_space"]' \
+		'd["cache_size_default"] and d["cache"]["slices"] == (8 << 20) // os.sysconf("SC_PAGESIZE")' \
+		'd["cache_size"] == d["cache"]["slices"] * os.sysconf("SC_PAGESIZE")' || rc=1
 	# while mapped read-write: QEMU may not even read it consistently, and
 	# no second mapping of any kind
 	out=$(qemu-img info "$img" 2>&1) && { _diag "qemu-img info worked on a read-write mapped image"; rc=1; }

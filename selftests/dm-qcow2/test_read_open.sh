@@ -13,7 +13,12 @@
 # zeros.  Then the populated image is mapped again with a small cache_size
 # (128 KiB: far fewer than 256 L2 tables) and all 256 clusters are read back
 # with O_DIRECT and compared, exercising eviction; the cache stays within its
-# bound and io_errors stays 0.
+# bound and io_errors stays 0.  Last, empty images of several geometries
+# (extended L2, 64-bit refcounts, 512-byte and 4 KiB clusters, 16 GiB to
+# 1 TiB, over a qcow2 or a raw backing file) are mapped without cache_size:
+# the bound in slots must be the pages for all L2 slices of the chain plus
+# the image's refcount slices, clamped to 8-32 MiB, and the table must not
+# show it; a cache_size of 8 MiB given in the table must be shown.
 #
 # GEN_ONLY=1 validates on the host that qemu-io reads every pattern back
 # from the image (one process, 256 read -P commands) and that the expected
@@ -98,7 +103,7 @@ _read_cluster()
 }
 
 ktap_header
-ktap_plan 4
+ktap_plan 5
 
 # --- 1. open cost, populated vs empty
 _qmark
@@ -168,5 +173,76 @@ else
 fi
 _check_dmesg_clean >/dev/null || r=1
 _result "cache_size 128 KiB: all $NW clusters under $NW L2 tables read back" $r
+
+# --- 5. the default cache bound follows the chain's metadata
+# _want_slots PAGE VSIZE CLUSTER ENTRY_BYTES REFCOUNT_BITS [VSIZE CLUSTER ENTRY_BYTES]...
+# pages for every L2 slice of each qcow2 layer (a slice is min(cluster,
+# page)) and the top layer's refcount slices, clamped to 8-32 MiB.
+_want_slots()
+{
+	local page=$1 vs=$2 c=$3 e=$4 rb=$5 slice n pages
+	slice=$((c < page ? c : page)) n=$(((vs + c - 1) / c))
+	pages=$(((n * e + slice - 1) / slice + (n * rb / 8 + slice - 1) / slice))
+	shift 5
+	while [ $# -ge 3 ]; do
+		slice=$(($2 < page ? $2 : page)) n=$((($1 + $2 - 1) / $2))
+		pages=$((pages + (n * $3 + slice - 1) / slice))
+		shift 3
+	done
+	[ $pages -ge $((8 * M / page)) ] || pages=$((8 * M / page))
+	[ $pages -le $((32 * M / page)) ] || pages=$((32 * M / page))
+	echo $pages
+}
+M=$((1 << 20)) G=$((1 << 30))
+PAGE=$(getconf PAGESIZE)
+r=0
+_qmark
+# name|size|qemu-img -o|want (page vs cluster entry refcount_bits [backing...])|map specs
+cases=(
+	"small|16G||$PAGE $((16 * G)) 65536 8 16|"
+	"extl2|64G|extended_l2=on|$PAGE $((64 * G)) 65536 16 16|"
+	"rc64|64G|refcount_bits=64|$PAGE $((64 * G)) 65536 8 64|"
+	"c512|64M|cluster_size=512|$PAGE $((64 * M)) 512 8 16|"
+	"c4k|8G|cluster_size=4096|$PAGE $((8 * G)) 4096 8 16|"
+	"huge|1T||$PAGE $SIZE 65536 8 16|"
+	"chain|64G|backing_file=$WORK/b-base.qcow2,backing_fmt=qcow2|$PAGE $((64 * G)) 65536 8 16 $((64 * G)) 65536 8|qcow2:$WORK/b-base.qcow2"
+	"onraw|64G|backing_file=$WORK/b-base.raw,backing_fmt=raw|$PAGE $((64 * G)) 65536 8 16|raw:$WORK/b-base.raw"
+)
+if _mkimg "$WORK/b-base.qcow2" 64G && truncate -s 64G "$WORK/b-base.raw"; then
+	for cs in "${cases[@]}"; do
+		IFS='|' read -r name size o want spec <<<"$cs"
+		img=$WORK/b-$name.qcow2
+		_mkimg "$img" "$size" "$o" || { r=1; continue; }
+		# shellcheck disable=SC2086	# word lists on purpose
+		w=$(_want_slots $want)
+		# shellcheck disable=SC2086
+		if _map_image "${QCOW2_DM_PREFIX}b" "$img" $spec; then
+			got=$(_status_field "${QCOW2_DM_PREFIX}b" 5)
+			got=${got#*/}
+			t=$(dmsetup table "${QCOW2_DM_PREFIX}b")
+			_qdiag "$name ($size${o:+ ${o%%=*}...}${spec:+ over ${spec%%:*}}): $got slots, want $w"
+			[ "$got" = "$w" ] || { _qdiag "$name: bound $got slots, want $w"; r=1; }
+			[[ $t != *cache_size* ]] ||
+				{ _qdiag "$name: default bound shown in the table: $t"; r=1; }
+			_unmap "${QCOW2_DM_PREFIX}b"
+		else
+			r=1
+		fi
+	done
+	# a bound from the table is kept, and shown, even if it equals 8 MiB
+	if _map_image "${QCOW2_DM_PREFIX}b" "$WORK/b-extl2.qcow2" cache_size:$((8 * M)); then
+		got=$(_status_field "${QCOW2_DM_PREFIX}b" 5)
+		[ "${got#*/}" = $((8 * M / PAGE)) ] || { _qdiag "cache_size 8 MiB: $got"; r=1; }
+		t=$(dmsetup table "${QCOW2_DM_PREFIX}b")
+		[[ $t == *" 2 cache_size $((8 * M))" ]] || { _qdiag "table: $t"; r=1; }
+		_unmap "${QCOW2_DM_PREFIX}b"
+	else
+		r=1
+	fi
+else
+	r=1
+fi
+_check_dmesg_clean >/dev/null || r=1
+_result "default cache bound: every L2 slice of the chain and the refcounts, 8-32 MiB" $r
 _qdiag "generation ${T_GEN}s; total $(_elapsed)s"
 ktap_finish

@@ -804,7 +804,10 @@ static int show_status(const char *name, bool json)
 	have_state = is_qcow2setup_uuid(di.uuid) && !state_read(di.uuid, &st);
 	v = layer_views(&t, have_state ? &st : NULL);
 	parse_status(di.status, &f);
-	cache_size = t.cache_size ? t.cache_size : CACHE_DEFAULT;
+	/* Without cache_size in the table, the target chose the bound. */
+	cache_size = t.cache_size;
+	if (!cache_size && f.ok)
+		cache_size = f.slots * (uint64_t)sysconf(_SC_PAGESIZE);
 
 	if (json) {
 		struct json j = { 0 };
@@ -833,7 +836,11 @@ static int show_status(const char *name, bool json)
 		}
 		json_u64(&j, "nr_layers", t.nr_layers);
 		json_str(&j, "snapshot", t.snapshot);
-		json_u64(&j, "cache_size", cache_size);
+		if (cache_size)
+			json_u64(&j, "cache_size", cache_size);
+		else
+			json_null(&j, "cache_size");
+		json_bool(&j, "cache_size_default", !t.cache_size);
 		json_bool(&j, "lazy_refcounts", t.lazy_refcounts);
 		json_begin_arr(&j, "layers");
 		for (i = 0; i < t.nr_layers; i++) {
@@ -907,8 +914,9 @@ static int show_status(const char *name, bool json)
 			putchar('\n');
 		}
 		if (f.ok) {
-			printf("  cache:          %llu/%llu slices in use (bound %s), %llu hits, %llu misses\n",
-			       f.used, f.slots, human_size(cache_size, hs, sizeof(hs)), f.hits, f.misses);
+			printf("  cache:          %llu/%llu slices in use (bound %s%s), %llu hits, %llu misses\n",
+			       f.used, f.slots, human_size(cache_size, hs, sizeof(hs)),
+			       t.cache_size ? "" : ", default", f.hits, f.misses);
 			printf("  metadata reads: %llu (%llu while opening)\n", f.mreads, f.oreads);
 			if (f.has_dirty)
 				printf("  dirty slices:   %llu (metadata not yet committed)\n", f.dirty);

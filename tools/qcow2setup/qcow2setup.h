@@ -13,7 +13,7 @@
 
 #include "qcow2-format.h"
 
-#define QCOW2SETUP_VERSION	"1.2.0"
+#define QCOW2SETUP_VERSION	"1.3.0"
 
 /* Exit codes (documented in --help and qcow2setup(8)). */
 #define EXIT_OK		0
@@ -28,7 +28,6 @@
 #define TARGET_NAME	"qcow2"
 #define MAX_BACKING	1023		/* backing layers the target accepts */
 #define CACHE_MIN	16384ULL
-#define CACHE_DEFAULT	(8ULL << 20)
 
 extern int verbose;
 extern char last_error[1024];	/* message of the last fail() */

@@ -77,6 +77,39 @@ static struct qcow2_slice *qcow2_lookup(struct qcow2_cache *c,
 	return NULL;
 }
 
+/*
+ * The bound when the table gives none: a page for each slice of every L2
+ * table of every qcow2 layer, and for each slice of the refcount blocks that
+ * count the top layer's data clusters, so that random I/O over the whole
+ * disk finds its metadata cached; but at least QCOW2_DEFAULT_CACHE_MIN (room
+ * for the rest of the metadata) and at most QCOW2_DEFAULT_CACHE_MAX.  Pages
+ * are allocated as slices are read, so a bound never reached costs nothing.
+ */
+u64 qcow2_cache_default_size(const struct qcow2_target *qt)
+{
+	const u64 max_pages = QCOW2_DEFAULT_CACHE_MAX >> PAGE_SHIFT;
+	u64 pages = 0;
+	unsigned int k;
+
+	for (k = 0; k < qt->nr_layers && pages < max_pages; k++) {
+		const struct qcow2_layer *layer = &qt->layers[k];
+		const struct qcow2_info *qi = &layer->qi;
+		u64 clusters, bytes;
+
+		if (layer->fmt != QCOW2_FMT_QCOW2)
+			continue;
+		clusters = (layer->size + qi->cluster_size - 1) >> qi->cluster_bits;
+		bytes = clusters << qi->l2_entry_shift;
+		pages += (bytes + (1ULL << layer->slice_bits) - 1) >> layer->slice_bits;
+		if (k)
+			continue;
+		/* refcount bits, in slices of 8 << slice_bits bits */
+		bytes = clusters << qi->refcount_order;
+		pages += (bytes + (8ULL << layer->slice_bits) - 1) >> (layer->slice_bits + 3);
+	}
+	return clamp_t(u64, pages, QCOW2_DEFAULT_CACHE_MIN >> PAGE_SHIFT, max_pages) << PAGE_SHIFT;
+}
+
 struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes)
 {
 	struct qcow2_cache *c;

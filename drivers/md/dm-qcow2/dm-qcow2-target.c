@@ -134,7 +134,6 @@ static int qcow2_parse_args(struct dm_target *ti, struct dm_arg_set *as,
 	const char *name;
 	int r;
 
-	a->cache_size = QCOW2_DEFAULT_CACHE_SIZE;
 	if (!as->argc)
 		return 0;
 	r = dm_read_arg_group(_args, as, &argc, &ti->error);
@@ -669,6 +668,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	if (r)
 		goto bad;
 	qt->cache_size = a->cache_size;
+	qt->cache_size_set = a->cache_size != 0;
 	qt->lazy_refcounts = a->lazy_refcounts;
 	if (a->snapshot) {
 		qt->snapshot_id = kstrdup(a->snapshot, GFP_KERNEL);
@@ -754,6 +754,8 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate bio set";
 		goto bad;
 	}
+	if (!qt->cache_size_set)
+		qt->cache_size = qcow2_cache_default_size(qt);
 	qt->cache = qcow2_cache_create(qt, qt->cache_size);
 	qt->dpool = qcow2_dpool_create(qt);
 	qt->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
@@ -813,7 +815,7 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_TABLE:
 		nr_opt = 3 * (qt->nr_layers - 1) + (qt->snapshot_id ? 2 : 0) +
-			 (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE ? 2 : 0) +
+			 (qt->cache_size_set ? 2 : 0) +
 			 qt->lazy_refcounts;
 		DMEMIT("%s", qt->layers[0].dev->name);
 		if (nr_opt)
@@ -824,7 +826,7 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 			       qt->layers[k].dev->name);
 		if (qt->snapshot_id)
 			DMEMIT(" snapshot %s", qt->snapshot_id);
-		if (qt->cache_size != QCOW2_DEFAULT_CACHE_SIZE)
+		if (qt->cache_size_set)
 			DMEMIT(" cache_size %llu", qt->cache_size);
 		if (qt->lazy_refcounts)
 			DMEMIT(" lazy_refcounts");
@@ -1016,7 +1018,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 2, 0},
+	.version = {1, 3, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,

@@ -27,7 +27,9 @@
 #define DM_MSG_PREFIX "qcow2"
 
 #define QCOW2_MAX_LAYERS		1024
-#define QCOW2_DEFAULT_CACHE_SIZE	(8ULL << 20)
+/* The default cache bound: what the metadata needs, within these limits */
+#define QCOW2_DEFAULT_CACHE_MIN		(8ULL << 20)
+#define QCOW2_DEFAULT_CACHE_MAX		(32ULL << 20)
 #define QCOW2_MIN_CACHE_SIZE		(16ULL << 10)
 #define QCOW2_CLUSTER_LOCK_BITS		10
 
@@ -135,6 +137,7 @@ struct qcow2_target {
 	/* table arguments, kept for STATUSTYPE_TABLE */
 	char *snapshot_id;
 	u64 cache_size;
+	bool cache_size_set;	/* cache_size came from the table */
 
 	struct qcow2_cache *cache;
 	struct qcow2_dpool *dpool;
@@ -225,6 +228,7 @@ struct qcow2_cache_stats {
 	unsigned int dirty;
 };
 
+u64 qcow2_cache_default_size(const struct qcow2_target *qt);
 struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes);
 void qcow2_cache_destroy(struct qcow2_cache *cache);
 struct qcow2_slice *qcow2_slice_get(struct qcow2_cache *cache,
