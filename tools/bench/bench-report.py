@@ -265,11 +265,21 @@ def floor_rows(rows, points):
     return out
 
 
+def default_cache_size(p):
+    """The bound the target chose without cache_size: its slots are 4 KiB
+    pages (8 MiB before version 1.3.0, which sizes it to the metadata)."""
+    for k in ("status_after", "status_before"):
+        st = p.get(k) or {}
+        if st.get("cache_slots"):
+            return st["cache_slots"] * 4096
+    return 8 << 20
+
+
 def curve(points):
     c = []
     for p in points:
         if p["kind"] == "sparse" and p["backend"] == "qcow2":
-            cs = 8 << 20 if p["variant"] == "default" else int(p["variant"][len("cache"):])
+            cs = default_cache_size(p) if p["variant"] == "default" else int(p["variant"][len("cache"):])
             c.append({"cache_size": cs, "default": p["variant"] == "default",
                       "iops": p.get("value"), "counters": counters(p)})
     c.sort(key=lambda x: (x["cache_size"], not x["default"]))
