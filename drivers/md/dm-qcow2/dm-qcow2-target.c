@@ -668,7 +668,6 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	if (r)
 		goto bad;
 	qt->cache_size = a->cache_size;
-	qt->cache_size_set = a->cache_size != 0;
 	qt->lazy_refcounts = a->lazy_refcounts;
 	if (a->snapshot) {
 		qt->snapshot_id = kstrdup(a->snapshot, GFP_KERNEL);
@@ -754,9 +753,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Cannot allocate bio set";
 		goto bad;
 	}
-	if (!qt->cache_size_set)
-		qt->cache_size = qcow2_cache_default_size(qt);
-	qt->cache = qcow2_cache_create(qt, qt->cache_size);
+	qt->cache = qcow2_cache_create(qt, qt->cache_size ?: qcow2_cache_default_size(qt));
 	qt->dpool = qcow2_dpool_create(qt);
 	qt->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
 	/*
@@ -815,7 +812,7 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_TABLE:
 		nr_opt = 3 * (qt->nr_layers - 1) + (qt->snapshot_id ? 2 : 0) +
-			 (qt->cache_size_set ? 2 : 0) +
+			 (qt->cache_size ? 2 : 0) +
 			 qt->lazy_refcounts;
 		DMEMIT("%s", qt->layers[0].dev->name);
 		if (nr_opt)
@@ -826,7 +823,7 @@ static void qcow2_status(struct dm_target *ti, status_type_t type,
 			       qt->layers[k].dev->name);
 		if (qt->snapshot_id)
 			DMEMIT(" snapshot %s", qt->snapshot_id);
-		if (qt->cache_size_set)
+		if (qt->cache_size)
 			DMEMIT(" cache_size %llu", qt->cache_size);
 		if (qt->lazy_refcounts)
 			DMEMIT(" lazy_refcounts");

@@ -136,8 +136,7 @@ struct qcow2_target {
 
 	/* table arguments, kept for STATUSTYPE_TABLE */
 	char *snapshot_id;
-	u64 cache_size;
-	bool cache_size_set;	/* cache_size came from the table */
+	u64 cache_size;			/* 0: none, the bound is sized to the image */
 
 	struct qcow2_cache *cache;
 	struct qcow2_dpool *dpool;
