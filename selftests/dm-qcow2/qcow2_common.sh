@@ -210,10 +210,12 @@ _size_of()
 	fi
 }
 
-# _qcheck IMG   qemu-img check must report a consistent image
+# _qcheck IMG   qemu-img check must report a consistent image (the page
+# cache of a block device IMG dropped first: see _wcheck)
 _qcheck()
 {
 	local out rc
+	_drop_cache "$1"
 	out=$(qemu-img check -U "$1" 2>&1)
 	rc=$?
 	[ $rc -eq 0 ] || _qdiag "qemu-img check $1 exit $rc:" "$(echo "$out" | tail -3)"

@@ -227,10 +227,14 @@ _check_wstatus()
 
 # _wcheck IMG [ALLOWED_RCS]   qemu-img check IMG; its exit status must be
 # one of ALLOWED_RCS (default "0": consistent, no leaks).  -U is passed so
-# that it also works on an image that is still mapped.
+# that it also works on an image that is still mapped.  On a block device
+# QEMU reads through the device's page cache, which the target's bios bypass:
+# a page cached while the target held the device (a udev probe, an earlier
+# qemu-img) would be stale, so the cache is dropped first.
 _wcheck()
 {
 	local img=$1 allowed=${2:-0} out rc
+	_drop_cache "$img"
 	out=$(qemu-img check -U "$img" 2>&1)
 	rc=$?
 	if [[ " $allowed " == *" $rc "* ]]; then
@@ -247,6 +251,7 @@ _wcheck()
 _wheader_clean()
 {
 	local -a b
+	_drop_cache "$1"
 	read -r -a b < <(od -An -tu1 -v -N80 "$1" | tr -s ' \n' '  ')
 	[ "${#b[@]}" -eq 80 ] || { _qdiag "cannot read the header of $1"; return 1; }
 	[ "${b[7]}" -ge 3 ] || return 0
@@ -259,6 +264,7 @@ _wheader_clean()
 _wimg_flag()
 {
 	local -a b
+	_drop_cache "$1"
 	read -r -a b < <(od -An -tu1 -v -N80 "$1" | tr -s ' \n' '  ')
 	[ "${#b[@]}" -eq 80 ] && [ "${b[7]}" -ge 3 ] || return 1
 	case "$2" in
@@ -304,12 +310,14 @@ _wdiag_file()
 	sed 's/^\([^#]\)/# \1/; s/^$/#/' "$1"
 }
 
-# _wconvert IMG OUT [convert args]   QEMU's view of IMG as raw OUT
+# _wconvert IMG OUT [convert args]   QEMU's view of IMG as raw OUT (the
+# page cache of a block device IMG dropped first, as in _wcheck)
 _wconvert()
 {
 	local img=$1 out=$2
 	shift 2
 	rm -f "$out"
+	_drop_cache "$img"
 	qemu-img convert -U "$@" -O raw "$img" "$out" 2>"$WORK/.conv_err" || {
 		_qdiag "qemu-img convert $(basename "$img") failed: $(head -3 "$WORK/.conv_err")"
 		return 1
