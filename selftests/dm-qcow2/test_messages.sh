@@ -11,7 +11,8 @@
 #      16 4 KiB writes into new clusters of an empty image (64 KiB clusters)
 #      are 16 allocations (map() or worker) and 16 zero fills or zeroed
 #      clusters, no copy; rewriting them is 16 writes in place in map() and
-#      no allocation; a 1 MiB aligned write is 16 worker allocations; a
+#      no allocation; a 1 MiB aligned write is 16 allocations in map()
+#      (whole clusters, allocated together, written in one clone); a
 #      discard of one cluster zeroes one, and the flush after it is counted,
 #      commits and frees its host cluster;
 #   c) over a backing image with data, a read of that data counts a backing
@@ -196,7 +197,7 @@ _delta "$DM" "16 4k rewrites" "map_writes == 16" "map_allocs+worker_allocs == 0"
 	"deferred == 0" || rc=1
 _mark "$DM" || rc=1
 _dd_at "$MAP_DEV" $((4 * M)) $((1 * M)) 0x33 || rc=1
-_delta "$DM" "1 MiB aligned write" "worker_allocs == 16" "map_allocs == 0" \
+_delta "$DM" "1 MiB aligned write" "map_allocs == 16" "worker_allocs == 0" \
 	"zero_fills+zeroed_allocs+copies == 0" || rc=1
 _mark "$DM" || rc=1
 _reads "$MAP_DEV" $((8 * K)) $((32 * M)) || rc=1

@@ -49,6 +49,14 @@
 #     succeed on the same mapping, and after removal `qemu-img check` of the
 #     overlay exits 0 (the failed writes gave their clusters back: no leak)
 #     and QEMU reads the writes amid the backing data.
+#  7. data writes of new clusters fail: dm-flakey error_writes from the
+#     image's end on, dm-linear before it (the metadata).  Four 1 MiB
+#     aligned writes into clusters without data must all fail with EIO, at
+#     least one of them allocated in map() (16 whole clusters at once,
+#     stats map_allocs), the mode stays rw.  After the lower device is
+#     restored the same writes succeed on the same mapping, and after
+#     removal `qemu-img check` exits 0 (the failed writes gave their
+#     clusters back: no leak) and QEMU reads the writes.
 #
 # After every fault the mapping is removed, the lower device restored to
 # dm-linear and: `qemu-img check` finds no corruption (exit 0, or 3 for
@@ -84,7 +92,7 @@ DATA=$WORK/data
 # the workload writes chunk i at guest WL_BASE + i * CS
 WL_BASE=$((16 * M))
 WL_MAX=384
-NSCEN=6
+NSCEN=7
 SCEN_PASS=0
 
 # scenario N uses the region at N * REGION
@@ -695,12 +703,65 @@ s6()
 	_scen_done 6 $r1 $r2 $r3
 }
 
+# --- 7: failing data writes of new clusters --------------------------------
+s7()
+{
+	local d="7 failing data writes of new clusters" r1=0 r2=0 r3=0 i n=0 ma ma0 end es
+	local base=$((7 * RSECT)) off=$((32 * M))
+	_qmark
+	_setup 7 || { _fault_setup_fail "$d"; return; }
+	# the metadata is committed (the setup's writes were fsync()ed)
+	_drop_cache "$LO"
+	end=$(qemu-img check -U --output=json "$LO" 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["image-end-offset"])') || end=""
+	if [ -z "$end" ] || [ "$end" -ge $((VS / 2)) ]; then
+		_qdiag "cannot get the image end offset ('$end')"
+		r1=1
+		end=$((VS / 2))
+	fi
+	es=$((end / 512))
+	_lower_set 7 "0 $es linear $DISK $base
+$es $((RSECT - es)) flakey $DISK $((base + es)) 0 1 1 error_writes" || r1=1
+	ma0=$(_wstat "$DM" map_allocs)
+	for i in 0 1 2 3; do
+		if dd if="$DATA" of="$MAP_DEV" bs=$M count=1 skip="$i" seek=$((off / M + i)) \
+			oflag=direct status=none 2>>"$WORK/dd7.err"; then
+			n=$((n + 1))
+		fi
+	done
+	[ "$n" -eq 0 ] || { _qdiag "$n of 4 writes into a failing data area succeeded"; r1=1; }
+	_eio "$WORK/dd7.err" || r1=1
+	ma=$(_wstat "$DM" map_allocs)
+	_qdiag "image end $end; while data writes failed: map_allocs +$((ma - ma0))"
+	[ $((ma - ma0)) -ge 16 ] || { _qdiag "no 1 MiB write was allocated in map()"; r1=1; }
+	_check_wstatus "$DM" rw any || r1=1
+	_check_dmesg_clean || r1=1
+	_result "$d: 1 MiB allocating writes fail with EIO, mode stays rw" $r1
+	_lower_set 7 "$(_linear 7)" || r2=1
+	for i in 0 1 2 3; do
+		dd if="$DATA" of="$MAP_DEV" bs=$M count=1 skip="$i" seek=$((off / M + i)) \
+			oflag=direct conv=fsync status=none ||
+			{ _qdiag "write $i failed after the restore"; r2=1; }
+	done
+	_ack 7 data "$off" $((4 * M)) 0
+	_ranges_equal "$MAP_DEV" "$WORK/ack.7" || r2=1
+	_check_wstatus "$DM" rw any || r2=1
+	_remove_mapping || r2=1
+	_result "$d: after restore the writes succeed; removed" $r2
+	_wcheck "$LO" || r3=1
+	_qemu_acked "$LO" 7 || r3=1
+	_dm_remove "${P}7lo" >/dev/null 2>&1
+	_result "$d: the image checks clean (no leak), QEMU reads the writes" $r3
+	_scen_done 7 $r1 $r2 $r3
+}
+
 s1
 s2
 s3
 s4
 s5
 s6
+s7
 
 rc=0
 # the whole run's kernel log, from the mark test_common.sh set at the start

@@ -54,6 +54,8 @@
 #define QCOW2_UPDATE_SLICES	6
 /* Dirty slices an allocation in map() may add (its L2 and refcount slice). */
 #define QCOW2_MAP_ALLOC_SLICES	2
+/* ... of up to QCOW2_BATCH_MAX contiguous clusters (L2, two refcount slices) */
+#define QCOW2_MAP_RUN_SLICES	3
 /* A new L2 table of at most this many slices enters the cache zero-filled. */
 #define QCOW2_NEW_L2_SLICES	32
 /* Whole clusters one write allocates at once (1 MiB of 64 KiB clusters). */
@@ -541,7 +543,9 @@ static bool qcow2_zero_busy(struct qcow2_target *qt)
 }
 
 /*
- * Allocate one host cluster (refcount 0 -> 1).  Called under meta_lock.
+ * Allocate one host cluster (refcount 0 -> 1), the first free one from
+ * free_hint on and below cluster @nr (the end of the device, or with
+ * @nowait any bound).  Called under meta_lock.
  * With @nowait (from map(), where nothing may wait for I/O), -EWOULDBLOCK
  * rather than a metadata read, a new refcount block, a wait for zeroing
  * ahead, reporting a full device or reporting corruption (which writes the
@@ -549,11 +553,10 @@ static bool qcow2_zero_busy(struct qcow2_target *qt)
  * reads zeros (a write of part of it) pass @zeroed: *@zeroed says whether
  * it does (zeroed ahead, see qcow2_zero_ahead_work()).
  */
-static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zeroed)
+static s64 qcow2_alloc_below(struct qcow2_target *qt, u64 nr, bool nowait, bool *zeroed)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	const struct qcow2_info *qi = &top->qi;
-	u64 nr = top->dev_size >> qi->cluster_bits;
 	u64 c = qt->free_hint;
 	struct qcow2_slice *s;
 	u64 idx, n;
@@ -623,6 +626,13 @@ static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zer
 		dm_table_event(qt->ti->table);
 	}
 	return -ENOSPC;
+}
+
+static s64 __qcow2_alloc_cluster(struct qcow2_target *qt, bool nowait, bool *zeroed)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+
+	return qcow2_alloc_below(qt, top->dev_size >> top->qi.cluster_bits, nowait, zeroed);
 }
 
 static s64 qcow2_alloc_cluster(struct qcow2_target *qt)
@@ -1926,18 +1936,26 @@ static void qcow2_cow_src_free(struct bio *src)
 	bio_put(src);
 }
 
+/* Unlock guest clusters @gc + [@from, @to), locked by an allocation in map(). */
+static void qcow2_alloc_unlock(struct qcow2_target *qt, u64 gc, unsigned int from,
+			       unsigned int to)
+{
+	for (; from < to; from++)
+		qcow2_cluster_unlock(qt, qcow2_cluster_bit(gc + from));
+}
+
 /* The end of an update made in map(): in any context. */
 static void qcow2_alloc_release(struct qcow2_target *qt, struct qcow2_bio *qb)
 {
-	qcow2_cluster_unlock(qt, qb->alloc_lock);
+	qcow2_alloc_unlock(qt, qb->alloc_gc, 0, qb->alloc_n);
 	if (atomic_dec_and_test(&qt->fast_updates))
 		wake_up(&qt->fast_wait);
 }
 
 /*
- * The data write failed: give the cluster back, then fail the bio.  The
- * cluster lock and fast_updates were released already (nothing refers to
- * the cluster, so a plain update can free it).
+ * The data write failed: give the clusters back, then fail the bio.  The
+ * cluster locks and fast_updates were released already (nothing refers to
+ * the clusters, so a plain update can free them).
  */
 static void qcow2_alloc_undo(struct work_struct *work)
 {
@@ -1945,10 +1963,14 @@ static void qcow2_alloc_undo(struct work_struct *work)
 	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
 	struct qcow2_target *qt = qb->qt;
 	u64 host = qb->alloc_entry.entry & QCOW2_L2E_OFFSET_MASK;
+	unsigned int i;
 
 	if (!qcow2_begin_update(qt)) {
 		mutex_lock(&qt->meta_lock);
-		qcow2_refcount_add(qt, host >> qcow2_top(qt)->qi.cluster_bits, -1, NULL);
+		for (i = 0; i < qb->alloc_n; i++)
+			if (qcow2_refcount_add(qt, (host >> qcow2_top(qt)->qi.cluster_bits) + i,
+					       -1, NULL))
+				break;
 		mutex_unlock(&qt->meta_lock);
 		qcow2_end_update(qt);
 	}
@@ -1960,7 +1982,10 @@ static void qcow2_alloc_end_io(struct bio *w)
 	struct bio *bio = w->bi_private;
 	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
 	struct qcow2_target *qt = qb->qt;
+	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
 	blk_status_t st = w->bi_status;
+	struct qcow2_l2_entry e;
+	unsigned int i;
 
 	bio_put(w);
 	if (qb->cow_src) {
@@ -1979,9 +2004,12 @@ static void qcow2_alloc_end_io(struct bio *w)
 		queue_work(qt->wq, &qb->work);
 		return;
 	}
-	/* The data is written: now the entry may point to it. */
-	qcow2_l2_entry_store(&qcow2_top(qt)->qi, qb->alloc_l2, qb->alloc_idx,
-			     &qb->alloc_entry);
+	/* The data is written: now the entries may point to it. */
+	e = qb->alloc_entry;
+	for (i = 0; i < qb->alloc_n; i++) {
+		qcow2_l2_entry_store(qi, qb->alloc_l2, qb->alloc_idx + i, &e);
+		e.entry += qi->cluster_size;
+	}
 	qcow2_alloc_release(qt, qb);
 	bio_endio(bio);
 }
@@ -2038,6 +2066,126 @@ static void qcow2_cow_read_end_io(struct bio *src)
 }
 
 /*
+ * Allocate whole clusters for write @bio in map(), which starts at guest
+ * offset @guest, a cluster boundary: its first 2 to QCOW2_BATCH_MAX
+ * clusters, in one L2 slice, that have nothing in the top layer.  A whole
+ * cluster needs no fill, whatever the layers below hold.  The clusters are
+ * allocated while the allocator finds them contiguous on the host and in
+ * cached refcounts; @bio is cut to them (dm core maps the rest as another
+ * bio) and one clone writes them, whose completion stores their entries as
+ * for one cluster (qcow2_alloc_end_io()).  The cluster locks are only
+ * tried; a lock held elsewhere, or a lock bit that two of the clusters
+ * share, ends the run.  Returns false, having changed nothing, when the
+ * worker must do the write.
+ */
+static bool qcow2_alloc_whole_in_map(struct qcow2_target *qt, struct bio *bio, u64 guest)
+{
+	struct qcow2_bio *qb = dm_per_bio_data(bio, sizeof(*qb));
+	struct qcow2_layer *top = qcow2_top(qt);
+	const struct qcow2_info *qi = &top->qi;
+	u32 cb = qi->cluster_bits;
+	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	u64 gc = guest >> cb;
+	unsigned int first = gc & ((1U << slice_entries_bits) - 1);
+	unsigned int n, i, k, bit;
+	struct qcow2_l2_entry old;
+	u64 nr = top->dev_size >> cb;
+	struct qcow2_slice *s;
+	struct bio *w;
+	s64 l2, h = 0;
+
+	n = min3(bio->bi_iter.bi_size >> cb, QCOW2_BATCH_MAX, (1U << slice_entries_bits) - first);
+	if (n < 2)
+		return false;
+	l2 = qcow2_own_l2(qt, guest);
+	if (l2 <= 0)
+		return false;
+	for (i = 0; i < n; i++) {
+		bit = qcow2_cluster_bit(gc + i);
+		for (k = 0; k < i; k++)
+			if (qcow2_cluster_bit(gc + k) == bit)
+				break;
+		if (k < i || !qcow2_cluster_trylock(qt, bit))
+			break;
+	}
+	if (i < 2) {
+		qcow2_alloc_unlock(qt, gc, 0, i);
+		return false;
+	}
+	n = i;
+	qb->qt = qt;
+	qb->alloc_gc = gc;
+	qb->alloc_n = n;
+	atomic_inc(&qt->fast_updates);
+	smp_mb__after_atomic();	/* pairs with qcow2_updates_lock() */
+	if (READ_ONCE(qt->fast_blocked))
+		goto release;
+	s = qcow2_slice_get(qt->cache, top,
+			    qcow2_l2_slice_off(top, l2, gc & ((1ULL << qi->l2_bits) - 1)), true);
+	if (IS_ERR(s))
+		goto release;
+	for (k = 0; k < n; k++) {
+		qcow2_l2_entry_load(qi, qcow2_slice_data(s), first + k, &old);
+		if (old.entry || old.bitmap)
+			break;
+	}
+	/* Cloned before the cut: nothing to undo once clusters are allocated. */
+	w = k ? bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs) : NULL;
+	if (!w)
+		goto put;
+	i = 0;
+	if (qcow2_cache_reserve(qt->cache, QCOW2_MAP_RUN_SLICES)) {
+		if (mutex_trylock(&qt->meta_lock)) {
+			/* The first cluster anywhere, the others right after it. */
+			for (; i < k; i++) {
+				s64 c = qcow2_alloc_below(qt, i ? min(nr, ((u64)h >> cb) + i + 1) : nr,
+							  true, NULL);
+
+				if (c < 0)
+					break;
+				if (!i)
+					h = c;
+			}
+			if (i)
+				qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+			mutex_unlock(&qt->meta_lock);
+		}
+		qcow2_cache_unreserve(qt->cache, QCOW2_MAP_RUN_SLICES);
+	}
+	if (!i) {
+		bio_put(w);
+		goto put;
+	}
+	qcow2_alloc_unlock(qt, gc, i, n);
+	qb->alloc_n = i;
+	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
+	qcow2_count_add(qt, QCOW2_STAT_MAP_ALLOCS, i);
+	/* Dirty now: stays in the cache, unwritten, until the entries are in. */
+	qb->alloc_l2 = qcow2_slice_data(s);
+	qb->alloc_idx = first;
+	qcow2_slice_put(qt->cache, s);
+	qb->alloc_entry.entry = h | QCOW2_OFLAG_COPIED;
+	qb->alloc_entry.bitmap = qi->extended_l2 ? QCOW2_L2_BITMAP_ALL_ALLOC : 0;
+	qb->cow_src = NULL;
+
+	if (bio->bi_iter.bi_size > (i << cb))
+		dm_accept_partial_bio(bio, i << (cb - SECTOR_SHIFT));
+	bio_trim(w, 0, i << (cb - SECTOR_SHIFT));
+	w->bi_iter.bi_sector = h >> SECTOR_SHIFT;
+	w->bi_opf &= ~(REQ_PREFLUSH | REQ_FUA);
+	w->bi_private = bio;
+	w->bi_end_io = qcow2_alloc_end_io;
+	submit_bio_noacct(w);
+	return true;
+
+put:
+	qcow2_slice_put(qt->cache, s);
+release:
+	qcow2_alloc_release(qt, qb);
+	return false;
+}
+
+/*
  * Allocate a cluster for write @bio in map(), which must not wait for I/O:
  * a write within one cluster that has no host cluster, when the metadata it
  * needs (of the layers below too) is cached and neither the cluster lock nor
@@ -2078,9 +2226,9 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	s64 l2, h;
 	u64 sc;
 
-	/* Larger writes go to the worker, which allocates them in batches. */
+	/* Larger writes: whole clusters, or the worker allocates them in batches. */
 	if (len > qi->cluster_size - off)
-		return false;
+		return !off && qcow2_alloc_whole_in_map(qt, bio, guest);
 	end = (((off + len - 1) >> scb) + 1) << scb;
 	/*
 	 * Over a backing file, the fill is zeros where the layers below have
@@ -2097,8 +2245,9 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		return false;
 
 	qb->qt = qt;
-	qb->alloc_lock = qcow2_cluster_bit(guest >> cb);
-	if (!qcow2_cluster_trylock(qt, qb->alloc_lock))
+	qb->alloc_gc = guest >> cb;
+	qb->alloc_n = 1;
+	if (!qcow2_cluster_trylock(qt, qcow2_cluster_bit(qb->alloc_gc)))
 		return false;
 	atomic_inc(&qt->fast_updates);
 	smp_mb__after_atomic();	/* pairs with qcow2_updates_lock() */

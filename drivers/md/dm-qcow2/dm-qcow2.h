@@ -198,9 +198,14 @@ struct qcow2_bio {
 	struct qcow2_target *qt;
 	unsigned int gen;	/* inflight generation, when counted */
 	bool counted;
-	/* A cluster allocated in map(): its L2 entry, stored once written */
-	unsigned int alloc_lock;	/* cluster lock bit held */
-	unsigned int alloc_idx;		/* entry index in the slice */
+	/*
+	 * Clusters allocated in map(): their L2 entries, stored once written.
+	 * Guest clusters alloc_gc.. (their locks held), entries alloc_idx..
+	 * of one slice, host clusters contiguous from alloc_entry's.
+	 */
+	u64 alloc_gc;
+	unsigned int alloc_n;
+	unsigned int alloc_idx;
 	void *alloc_l2;			/* the L2 slice's data (dirty) */
 	struct qcow2_l2_entry alloc_entry;
 	struct bio *cow_src;		/* reads the fill, or NULL */
