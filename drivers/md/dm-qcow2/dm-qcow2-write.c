@@ -1944,6 +1944,17 @@ static void qcow2_alloc_unlock(struct qcow2_target *qt, u64 gc, unsigned int fro
 		qcow2_cluster_unlock(qt, qcow2_cluster_bit(gc + from));
 }
 
+/*
+ * Start an update in map(), its cluster locks held: false if a commit is
+ * keeping such updates out (release it then, with qcow2_alloc_release()).
+ */
+static bool qcow2_alloc_begin(struct qcow2_target *qt)
+{
+	atomic_inc(&qt->fast_updates);
+	smp_mb__after_atomic();	/* pairs with qcow2_updates_lock() */
+	return !READ_ONCE(qt->fast_blocked);
+}
+
 /* The end of an update made in map(): in any context. */
 static void qcow2_alloc_release(struct qcow2_target *qt, struct qcow2_bio *qb)
 {
@@ -2116,9 +2127,7 @@ static bool qcow2_alloc_whole_in_map(struct qcow2_target *qt, struct bio *bio, u
 	qb->qt = qt;
 	qb->alloc_gc = gc;
 	qb->alloc_n = n;
-	atomic_inc(&qt->fast_updates);
-	smp_mb__after_atomic();	/* pairs with qcow2_updates_lock() */
-	if (READ_ONCE(qt->fast_blocked))
+	if (!qcow2_alloc_begin(qt))
 		goto release;
 	s = qcow2_slice_get(qt->cache, top,
 			    qcow2_l2_slice_off(top, l2, gc & ((1ULL << qi->l2_bits) - 1)), true);
@@ -2249,9 +2258,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qb->alloc_n = 1;
 	if (!qcow2_cluster_trylock(qt, qcow2_cluster_bit(qb->alloc_gc)))
 		return false;
-	atomic_inc(&qt->fast_updates);
-	smp_mb__after_atomic();	/* pairs with qcow2_updates_lock() */
-	if (READ_ONCE(qt->fast_blocked))
+	if (!qcow2_alloc_begin(qt))
 		goto release;
 	s = qcow2_slice_get(qt->cache, top,
 			    qcow2_l2_slice_off(top, l2, l2_idx), true);
