@@ -246,6 +246,16 @@ _wcheck()
 	return 1
 }
 
+# _wimg_end IMG   print IMG's image end offset as `qemu-img check -U` finds
+# it (the page cache of a block device IMG dropped first, as in _wcheck);
+# fails if there is none
+_wimg_end()
+{
+	_drop_cache "$1"
+	qemu-img check -U --output=json "$1" 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["image-end-offset"])'
+}
+
 # _wheader_clean IMG   neither the dirty (incompatible bit 0) nor the
 # corrupt (bit 1) bit is set; a version 2 header has no feature fields
 _wheader_clean()

@@ -711,9 +711,7 @@ s7()
 	_qmark
 	_setup 7 || { _fault_setup_fail "$d"; return; }
 	# the metadata is committed (the setup's writes were fsync()ed)
-	_drop_cache "$LO"
-	end=$(qemu-img check -U --output=json "$LO" 2>/dev/null |
-		python3 -c 'import json,sys; print(json.load(sys.stdin)["image-end-offset"])') || end=""
+	end=$(_wimg_end "$LO") || end=""
 	if [ -z "$end" ] || [ "$end" -ge $((VS / 2)) ]; then
 		_qdiag "cannot get the image end offset ('$end')"
 		r1=1

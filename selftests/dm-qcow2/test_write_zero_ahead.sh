@@ -172,10 +172,8 @@ rc=0
 _wguard 120 "dmsetup suspend" dmsetup suspend "$DM" || rc=1
 # the end offset must come from the disk, not from pages of the disk's page
 # cache read before the target wrote the metadata (a stale refcount block put
-# the end at the first L2 table and the garbage over it)
-_drop_cache "$DISK"
-end=$(qemu-img check -U --output=json "$DISK" 2>/dev/null |
-	python3 -c 'import json,sys; print(json.load(sys.stdin)["image-end-offset"])') || end=""
+# the end at the first L2 table and the garbage over it): _wimg_end drops them
+end=$(_wimg_end "$DISK") || end=""
 # a) allocated 2048 clusters: the end is past 128 MiB
 if [ -n "$end" ] && [ "$end" -le $((128 * M)) ]; then
 	_qdiag "image end offset $end is below what a) allocated: stale metadata read"
