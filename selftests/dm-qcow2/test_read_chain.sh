@@ -26,6 +26,9 @@
 # reference; every layer passes qemu-img check; for the 64-layer chain each
 # layer's own bytes must be visible in the reference.
 #
+# With QCOW2_SHARD=K/N (check-vm, one shard per kernel) a run maps its shard
+# of the cases and the refusals whose images those cases make.
+#
 # Measured on the development host (2 vCPU, idle): generation of all chains
 # ~2.5-3 s (the 64-layer chain ~1.2 s: 6 qemu-img creates, one python pass
 # cloning layers, one qemu-io process writing all layers); GEN_ONLY=1 run
@@ -270,13 +273,25 @@ CASES=(
 	"no backing format extension:_case_no_fmt_ext"
 	"depth 64: 63 qcow2 layers over raw:_case_depth64"
 )
-# Refusals: "description;image;pattern;backing layers (fmt file ...)"
+# Refusals: "description;image;pattern;backing layers (fmt file ...);case
+# that makes the image" (run where that case's shard runs)
 NEG=(
-	"backing format raw, header says qcow2;d1-top.qcow2;backing|format;raw d1-base.qcow2"
-	"backing format qcow2, header says raw;r5-top.qcow2;backing|format;qcow2 r5-base.raw"
-	"image has a backing file, table has none;d1-top.qcow2;backing;"
-	"two-level chain given one layer;d2-top.qcow2;backing;qcow2 d2-mid.qcow2"
+	"backing format raw, header says qcow2;d1-top.qcow2;backing|format;raw d1-base.qcow2;_case_depth1"
+	"backing format qcow2, header says raw;r5-top.qcow2;backing|format;qcow2 r5-base.raw;_case_raw_512"
+	"image has a backing file, table has none;d1-top.qcow2;backing;;_case_depth1"
+	"two-level chain given one layer;d2-top.qcow2;backing;qcow2 d2-mid.qcow2;_case_depth2_raw"
 )
+
+# _case_number FN   the position of case function FN in CASES (1-based)
+_case_number()
+{
+	local i
+
+	for i in "${!CASES[@]}"; do
+		[ "${CASES[$i]##*:}" = "$1" ] && { echo $((i + 1)); return 0; }
+	done
+	return 1
+}
 
 _oracle_case()
 {
@@ -304,10 +319,11 @@ _map_case()
 # _neg_case "desc;image;pattern;fmt file ..."
 _neg_case()
 {
-	local img pat layers dev name="${QCOW2_DM_PREFIX}neg$N" len bdev
+	local img pat layers gen dev name="${QCOW2_DM_PREFIX}neg$N" len bdev
 	local -a opts=() l=()
-	IFS=';' read -r _ img pat layers <<<"$1"
+	IFS=';' read -r _ img pat layers gen <<<"$1"
 	img=$WORK/$img
+	[ -f "$img" ] || { _qdiag "$img missing: $gen did not run"; return 1; }
 	if _gen_only; then
 		qemu-img info -U "$img" | grep -q '^backing file:' ||
 			{ _qdiag "$img has no backing file"; return 1; }
@@ -325,13 +341,22 @@ _neg_case()
 	_expect_refused "$name" "$(_qcow2_table "$dev" "$len" "${opts[@]}")" "$pat"
 }
 
+# The refusals this shard runs: those whose image a case of it makes.
+MYNEG=()
+for c in "${NEG[@]}"; do
+	n=$(_case_number "${c##*;}") || { echo "no case ${c##*;}" >&2; exit 1; }
+	_shard_mine "$n" && MYNEG+=("$c")
+done
+
 ktap_header
-ktap_plan $((${#CASES[@]} + 1 + ${#NEG[@]}))
+ktap_plan $(($(_shard_count ${#CASES[@]}) + 1 + ${#MYNEG[@]}))
+_shard_note ${#CASES[@]}
 
 GEN_US=0
 N=0
 for c in "${CASES[@]}"; do
 	N=$((N + 1))
+	_shard_mine "$N" || continue
 	DESC=${c%:*} FN=${c##*:}
 	t0=${EPOCHREALTIME//[.,]/}
 	QREF=$WORK/ref.raw
@@ -351,7 +376,7 @@ for c in "${CASES[@]}"; do
 	rm -f "$QREF" "$SRC"
 done
 _dmesg_clean_result "kernel log clean after the chains"
-for c in "${NEG[@]}"; do
+for c in "${MYNEG[@]}"; do
 	N=$((N + 1))
 	_neg_case "$c"
 	_result "refused: ${c%%;*}" $?

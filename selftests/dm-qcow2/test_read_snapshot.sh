@@ -15,6 +15,8 @@
 # an image where snapshot 1 was deleted afterwards.
 # Refusals (dmesg "qcow2: ...snapshot..."): a nonexistent ID, a snapshot
 # *name* that is not an ID, and the ID of a deleted snapshot.
+# With QCOW2_SHARD=K/N (check-vm, one shard per kernel) a run covers its
+# shard of the images and the refusals on them.
 #
 # GEN_ONLY=1 validates on the host: each reference equals a qemu-io replay on
 # a raw file of the phases up to that snapshot, the views all differ from one
@@ -107,13 +109,47 @@ IMAGES=(
 # views per image: "snapshot id or -" ; deleted: only active and 2
 VIEWS=(- 1 2)
 
-NPLAN=$(( (${#IMAGES[@]} - 1) * 3 + 2 + 1 + 4))
+# Refusals: "image ID description"
+NEGS=("v3-64k 7 nonexistent ID" "v3-64k s1 snapshot name instead of ID"
+	"deleted 1 ID of a deleted snapshot" "swapped-names 3 nonexistent ID (names are numeric)")
+
+# _image_number NAME   the position of image NAME in IMAGES (1-based)
+_image_number()
+{
+	local i
+
+	for i in "${!IMAGES[@]}"; do
+		[ "${IMAGES[$i]%% *}" = "$1" ] && { echo $((i + 1)); return 0; }
+	done
+	return 1
+}
+
+# This shard's images (QCOW2_SHARD, one shard per kernel in check-vm) and
+# the refusals on them.
+NPLAN=1 MYNEGS=() I=0
+for im in "${IMAGES[@]}"; do
+	I=$((I + 1))
+	_shard_mine "$I" || continue
+	if [ "${im%% *}" = deleted ]; then
+		NPLAN=$((NPLAN + 2))
+	else
+		NPLAN=$((NPLAN + ${#VIEWS[@]}))
+	fi
+done
+for neg in "${NEGS[@]}"; do
+	I=$(_image_number "${neg%% *}") || { echo "no image ${neg%% *}" >&2; exit 1; }
+	_shard_mine "$I" && MYNEGS+=("$neg")
+done
+NPLAN=$((NPLAN + ${#MYNEGS[@]}))
 ktap_header
 ktap_plan $NPLAN
+_shard_note ${#IMAGES[@]}
 
 GEN_US=0
-N=0
+N=0 I=0
 for im in "${IMAGES[@]}"; do
+	I=$((I + 1))
+	_shard_mine "$I" || continue
 	# shellcheck disable=SC2086
 	set -- $im
 	name=$1
@@ -176,8 +212,7 @@ done
 _dmesg_clean_result "kernel log clean after the views"
 
 # Refusals
-for neg in "v3-64k 7 nonexistent ID" "v3-64k s1 snapshot name instead of ID" \
-	"deleted 1 ID of a deleted snapshot" "swapped-names 3 nonexistent ID (names are numeric)"; do
+for neg in "${MYNEGS[@]}"; do
 	N=$((N + 1))
 	# shellcheck disable=SC2086
 	set -- $neg

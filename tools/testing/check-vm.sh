@@ -51,9 +51,10 @@ ONE_KERNEL_TESTS="test_boot_root.sh test_nested_vm.sh"
 FIRST_KERNEL_TESTS="test_hostile_images.sh"
 
 # The long matrix suites (test_read_matrix, test_read_corrupt,
-# test_write_diff) run one shard of their cases per kernel: kernel I of N
-# runs cases I, I+N, ... (QCOW2_SHARD=I/N, see _shard_mine in
-# qcow2_common.sh), so every case runs once and every suite on every kernel.
+# test_read_chain, test_read_compressed, test_read_snapshot, test_write_diff)
+# run one shard of their cases per kernel: kernel I of N runs cases I, I+N,
+# ... (QCOW2_SHARD=I/N, see _shard_mine in qcow2_common.sh), so every case
+# runs once and every suite on every kernel.
 
 # run_suite KVER LOG [ELSEWHERE] [SHARD]: the selftest suite of one kernel,
 # without the tests in ELSEWHERE; LOG.rc gets the status
