@@ -54,11 +54,11 @@ run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 # number; no assertion on any timing or ratio (about 5 minutes).
 run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 # The detector self-test and the write-path tests on the debug kernel
-# (KASAN, lockdep, kmemleak, fault injection), about 11 minutes idle, when
+# (KASAN, lockdep, kmemleak, fault injection), about 12 minutes idle, when
 # `make check-debug` has built and cached that kernel; skipped otherwise
 # (the build takes about half an hour).  The whole suite: make check-debug.
 run_part "write paths on the debug kernel" env DEBUG_CACHED_ONLY=1 DEBUG_TIMEOUT=2400 \
-	DEBUG_TESTS="${CHECK_DEBUG_TESTS:-test_write_diff.sh test_write_batch.sh test_write_enospc.sh test_fault_inject.sh test_write_corrupt.sh}" \
+	DEBUG_TESTS="${CHECK_DEBUG_TESTS:-test_write_diff.sh test_write_batch.sh test_write_enospc.sh test_fault_inject.sh test_cache_shrink.sh test_write_corrupt.sh}" \
 	tools/testing/check-debug.sh
 
 echo "# make check took $(($(date +%s) - start)) s on kernels: $*"

@@ -12,6 +12,10 @@
  *
  * The lookup path takes one spinlock; a miss is filled synchronously by the
  * caller (a worker), others asking for the same slice wait for it.
+ *
+ * The bound is an upper limit, not a reservation: under memory pressure a
+ * shrinker gives back clean unpinned slices, least recently used first (they
+ * are read again when next needed).  Dirty slices stay until written back.
  */
 #include <linux/blkdev.h>
 #include <linux/completion.h>
@@ -56,6 +60,7 @@ struct qcow2_cache {
 	u64 hits;
 	u64 misses;
 	u64 reads;
+	struct shrinker *shrinker;	/* NULL if it could not be registered */
 };
 
 static struct hlist_head *qcow2_bucket(struct qcow2_cache *c,
@@ -110,6 +115,51 @@ u64 qcow2_cache_default_size(const struct qcow2_target *qt)
 	return clamp_t(u64, pages, QCOW2_DEFAULT_CACHE_MIN >> PAGE_SHIFT, max_pages) << PAGE_SHIFT;
 }
 
+static void qcow2_slice_free(struct qcow2_slice *s)
+{
+	__free_page(s->page);
+	kfree(s);
+}
+
+/* Slices the shrinker may free: an estimate (pinned ones are counted too). */
+static unsigned long qcow2_cache_count(struct shrinker *sh,
+				       struct shrink_control *sc)
+{
+	struct qcow2_cache *c = qcow2_shrinker_priv(sh);
+	unsigned int used = READ_ONCE(c->used), dirty = READ_ONCE(c->nr_dirty);
+
+	return used > dirty ? used - dirty : SHRINK_EMPTY;
+}
+
+/* Free up to sc->nr_to_scan clean unpinned slices, oldest first. */
+static unsigned long qcow2_cache_scan(struct shrinker *sh,
+				      struct shrink_control *sc)
+{
+	struct qcow2_cache *c = qcow2_shrinker_priv(sh);
+	struct qcow2_slice *s, *tmp;
+	unsigned long freed = 0;
+	LIST_HEAD(victims);
+
+	spin_lock(&c->lock);
+	while (freed < sc->nr_to_scan && !list_empty(&c->lru)) {
+		s = list_last_entry(&c->lru, struct qcow2_slice, lru);
+		list_move(&s->lru, &victims);
+		hash_del(&s->hash);
+		c->used--;
+		freed++;
+	}
+	spin_unlock(&c->lock);
+	if (!freed)
+		return SHRINK_STOP;
+	list_for_each_entry_safe(s, tmp, &victims, lru)
+		qcow2_slice_free(s);
+	qcow2_count_add(c->qt, QCOW2_STAT_CACHE_SHRUNK, freed);
+	/* Room under the bound for anyone waiting for a slice. */
+	if (wq_has_sleeper(&c->wait))
+		wake_up_all(&c->wait);
+	return freed;
+}
+
 struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes)
 {
 	struct qcow2_cache *c;
@@ -133,13 +183,9 @@ struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes)
 	init_waitqueue_head(&c->wait);
 	INIT_LIST_HEAD(&c->lru);
 	INIT_LIST_HEAD(&c->dirty);
+	c->shrinker = qcow2_shrinker_create(qcow2_cache_count, qcow2_cache_scan, c,
+					    qcow2_dev_name(qt));
 	return c;
-}
-
-static void qcow2_slice_free(struct qcow2_slice *s)
-{
-	__free_page(s->page);
-	kfree(s);
 }
 
 void qcow2_cache_destroy(struct qcow2_cache *c)
@@ -148,6 +194,7 @@ void qcow2_cache_destroy(struct qcow2_cache *c)
 
 	if (!c)
 		return;
+	qcow2_shrinker_destroy(c->shrinker);
 	/* No I/O is in flight at destruction: every slice is unpinned. */
 	list_for_each_entry_safe(s, tmp, &c->lru, lru)
 		qcow2_slice_free(s);

@@ -855,6 +855,7 @@ static const char * const qcow2_stat_names[] = {
 	[QCOW2_STAT_FLUSHES] = "flushes",
 	[QCOW2_STAT_COMMITS] = "commits",
 	[QCOW2_STAT_COMMIT_USECS] = "commit_usecs",
+	[QCOW2_STAT_CACHE_SHRUNK] = "cache_shrunk",
 };
 
 /* "stats": one "<name> <value>" line per counter, summed over CPUs. */
@@ -1015,7 +1016,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 4, 0},
+	.version = {1, 5, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,
