@@ -200,6 +200,14 @@ _wstatus()
 	return 0
 }
 
+# _wcache_pressured   after _wstatus: the cache was under pressure, full now
+# or its slices read more often than it holds them (memory pressure may have
+# shrunk it since: cache_shrunk)
+_wcache_pressured()
+{
+	[ "${WS_USED:-0}" -eq "${WS_SLOTS:-1}" ] || [ "${WS_MISSES:-0}" -gt "${WS_SLOTS:-1}" ]
+}
+
 # _wstatus_has NAME WORD   the status line ends with WORD (corrupt|no_space)
 _wstatus_has()
 {

@@ -282,17 +282,6 @@ NEG=(
 	"two-level chain given one layer;d2-top.qcow2;backing;qcow2 d2-mid.qcow2;_case_depth2_raw"
 )
 
-# _case_number FN   the position of case function FN in CASES (1-based)
-_case_number()
-{
-	local i
-
-	for i in "${!CASES[@]}"; do
-		[ "${CASES[$i]##*:}" = "$1" ] && { echo $((i + 1)); return 0; }
-	done
-	return 1
-}
-
 _oracle_case()
 {
 	local rc=0 l
@@ -344,7 +333,7 @@ _neg_case()
 # The refusals this shard runs: those whose image a case of it makes.
 MYNEG=()
 for c in "${NEG[@]}"; do
-	n=$(_case_number "${c##*;}") || { echo "no case ${c##*;}" >&2; exit 1; }
+	n=$(_pos_of "${c##*;}" "${CASES[@]##*:}") || { echo "no case ${c##*;}" >&2; exit 1; }
 	_shard_mine "$n" && MYNEG+=("$c")
 done
 

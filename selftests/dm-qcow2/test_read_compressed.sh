@@ -101,17 +101,6 @@ _bytes()
 	esac
 }
 
-# _case_line NAME   the CASES line of case NAME
-_case_line()
-{
-	local c
-
-	for c in "${CASES[@]}"; do
-		[ "${c%% *}" = "$1" ] && { echo "$c"; return 0; }
-	done
-	return 1
-}
-
 # Every case leaves IMG (to map), SPECS (backing specs), CS, and for the
 # oracle SRC (expected raw content) and WANT (stats minimums).
 _gen_case()
@@ -177,11 +166,12 @@ EOF
 		WANT=(compressed=100 normal=5 zero_plain=1 unallocated=1)
 		;;
 	overlay)
-		local base=$WORK/$3.qcow2 ov_opts=$4 bsize
+		local base=$WORK/$3.qcow2 ov_opts=$4 bsize b
 		# the base case may be another shard's: make it here
 		if [ ! -f "$base" ]; then
-			# shellcheck disable=SC2046 # a case line is words
-			(_gen_case $(_case_line "$3")) ||
+			b=$(_pos_of "$3" "${CASES[@]%% *}") || { _qdiag "no case $3"; return 1; }
+			# shellcheck disable=SC2086 # a case line is words
+			(_gen_case ${CASES[b - 1]}) ||
 				{ _qdiag "base $3: generation failed"; return 1; }
 		fi
 		bsize=$(_vsize "$base")

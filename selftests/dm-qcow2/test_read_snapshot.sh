@@ -113,15 +113,11 @@ VIEWS=(- 1 2)
 NEGS=("v3-64k 7 nonexistent ID" "v3-64k s1 snapshot name instead of ID"
 	"deleted 1 ID of a deleted snapshot" "swapped-names 3 nonexistent ID (names are numeric)")
 
-# _image_number NAME   the position of image NAME in IMAGES (1-based)
-_image_number()
+# _views NAME   set views to the views of image NAME
+_views()
 {
-	local i
-
-	for i in "${!IMAGES[@]}"; do
-		[ "${IMAGES[$i]%% *}" = "$1" ] && { echo $((i + 1)); return 0; }
-	done
-	return 1
+	views=("${VIEWS[@]}")
+	[ "$1" = deleted ] && views=(- 2)
 }
 
 # This shard's images (QCOW2_SHARD, one shard per kernel in check-vm) and
@@ -130,14 +126,11 @@ NPLAN=1 MYNEGS=() I=0
 for im in "${IMAGES[@]}"; do
 	I=$((I + 1))
 	_shard_mine "$I" || continue
-	if [ "${im%% *}" = deleted ]; then
-		NPLAN=$((NPLAN + 2))
-	else
-		NPLAN=$((NPLAN + ${#VIEWS[@]}))
-	fi
+	_views "${im%% *}"
+	NPLAN=$((NPLAN + ${#views[@]}))
 done
 for neg in "${NEGS[@]}"; do
-	I=$(_image_number "${neg%% *}") || { echo "no image ${neg%% *}" >&2; exit 1; }
+	I=$(_pos_of "${neg%% *}" "${IMAGES[@]%% *}") || { echo "no image ${neg%% *}" >&2; exit 1; }
 	_shard_mine "$I" && MYNEGS+=("$neg")
 done
 NPLAN=$((NPLAN + ${#MYNEGS[@]}))
@@ -154,19 +147,16 @@ for im in "${IMAGES[@]}"; do
 	set -- $im
 	name=$1
 	t0=${EPOCHREALTIME//[.,]/}
+	_views "$name"
 	if ! _gen_image "$@"; then
-		views=("${VIEWS[@]}")
-		[ "$name" = deleted ] && views=(- 2)
 		for v in "${views[@]}"; do
 			N=$((N + 1))
 			_result "$name snapshot $v: generation" 1
 		done
 		continue
 	fi
-	views=("${VIEWS[@]}")
 	if [ "$name" = deleted ]; then
 		qemu-img snapshot -d s1 "$IMG" || _qdiag "snapshot -d failed"
-		views=(- 2)
 	fi
 	GEN_US=$((GEN_US + ${EPOCHREALTIME//[.,]/} - t0))
 	for v in "${views[@]}"; do

@@ -321,10 +321,7 @@ _jobs_own $((VS / 4)) $((4 * M)) 0 >"$WORK/c.fio"
 [ $rc -eq 0 ] && { _fio c "$WORK/c.fio" || rc=1; }
 if _check_wstatus "$DM" rw; then
 	_qdiag "status: $WS_LINE ($(_elapsed "$t0") s)"
-	# full at the end, or slices read more often than it holds (memory
-	# pressure may have shrunk it since: cache_shrunk)
-	[ "$WS_USED" -eq "$WS_SLOTS" ] || [ "$WS_MISSES" -gt "$WS_SLOTS" ] ||
-		{ _qdiag "the cache never filled: no pressure"; rc=1; }
+	_wcache_pressured || { _qdiag "the cache never filled: no pressure"; rc=1; }
 else
 	rc=1
 fi
