@@ -131,17 +131,16 @@ static unsigned long qcow2_cache_count(struct shrinker *sh,
 	return used > dirty ? used - dirty : SHRINK_EMPTY;
 }
 
-/* Free up to sc->nr_to_scan clean unpinned slices, oldest first. */
-static unsigned long qcow2_cache_scan(struct shrinker *sh,
-				      struct shrink_control *sc)
+/* Free up to @nr clean unpinned slices, oldest first; returns how many. */
+static unsigned long qcow2_cache_free_clean(struct qcow2_cache *c,
+					    unsigned long nr)
 {
-	struct qcow2_cache *c = qcow2_shrinker_priv(sh);
 	struct qcow2_slice *s, *tmp;
 	unsigned long freed = 0;
 	LIST_HEAD(victims);
 
 	spin_lock(&c->lock);
-	while (freed < sc->nr_to_scan && !list_empty(&c->lru)) {
+	while (freed < nr && !list_empty(&c->lru)) {
 		s = list_last_entry(&c->lru, struct qcow2_slice, lru);
 		list_move(&s->lru, &victims);
 		hash_del(&s->hash);
@@ -149,10 +148,19 @@ static unsigned long qcow2_cache_scan(struct shrinker *sh,
 		freed++;
 	}
 	spin_unlock(&c->lock);
-	if (!freed)
-		return SHRINK_STOP;
 	list_for_each_entry_safe(s, tmp, &victims, lru)
 		qcow2_slice_free(s);
+	return freed;
+}
+
+static unsigned long qcow2_cache_scan(struct shrinker *sh,
+				      struct shrink_control *sc)
+{
+	struct qcow2_cache *c = qcow2_shrinker_priv(sh);
+	unsigned long freed = qcow2_cache_free_clean(c, sc->nr_to_scan);
+
+	if (!freed)
+		return SHRINK_STOP;
 	qcow2_count_add(c->qt, QCOW2_STAT_CACHE_SHRUNK, freed);
 	/* Room under the bound for anyone waiting for a slice. */
 	if (wq_has_sleeper(&c->wait))
@@ -507,16 +515,7 @@ void qcow2_cache_invalidate(struct qcow2_cache *c, struct qcow2_layer *layer,
 /* Drop every clean unpinned slice (resume: the image may have changed). */
 void qcow2_cache_invalidate_all(struct qcow2_cache *c)
 {
-	struct qcow2_slice *s, *tmp;
-
-	spin_lock(&c->lock);
-	list_for_each_entry_safe(s, tmp, &c->lru, lru) {
-		hash_del(&s->hash);
-		list_del(&s->lru);
-		c->used--;
-		qcow2_slice_free(s);
-	}
-	spin_unlock(&c->lock);
+	qcow2_cache_free_clean(c, ULONG_MAX);
 }
 
 struct qcow2_wb {
