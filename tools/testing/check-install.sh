@@ -8,8 +8,9 @@
 # installs them the way a user does (dpkg -i, then apt-get -f install pulls
 # the dependencies from the Debian archive) into a fresh Debian 12 chroot
 # that has only the minimal base system and the headers of the kernels in
-# $INSTALL_KVERS (default "6.1.0-56-amd64 6.12.117+deb12-amd64"; the
-# older $INSTALL_KVER, if set, is the default instead), and checks:
+# $INSTALL_KVERS (default: the kernels `make check` tests, from
+# tools/testing/kvers.sh, so those the archive has now; the older
+# $INSTALL_KVER, if set, is the default instead), and checks:
 #   - both packages end up installed, with dkms and libdevmapper pulled in;
 #   - qcow2setup --help runs in the chroot, and the files the package ships
 #     (man page, udev rules, systemd generator, bash completion) are there;
@@ -21,7 +22,7 @@
 # out of the base (and their three checks skipped) when the archive does
 # not have them.  Each further kernel adds its DKMS build to the run (about
 # 75 s of CPU time for 6.12, whose headers also pull in its linux-image in
-# bookworm); INSTALL_KVERS=6.1.0-56-amd64 checks only the first, as before.
+# bookworm); INSTALL_KVERS=6.1.0-57-amd64 checks only that one.
 #
 # Needs root, debootstrap and network access to the Debian archive
 # ($INSTALL_MIRROR, default http://deb.debian.org/debian, and
@@ -37,7 +38,8 @@ set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=tools/testing/debian-base.sh
 . "$top/tools/testing/debian-base.sh"
-read -r -a kvers <<<"${INSTALL_KVERS:-${INSTALL_KVER:-6.1.0-56-amd64 6.12.117+deb12-amd64}}"
+read -r -a kvers <<<"${INSTALL_KVERS:-${INSTALL_KVER:-$("$top/tools/testing/kvers.sh")}}"
+[ "${#kvers[@]}" -gt 0 ] || { echo "Bail out! no kernels: tools/testing/kvers.sh found none"; exit 1; }
 kver=${kvers[0]}
 base=$deb_cache/debian12-minbase-headers-$(IFS=-; echo "${kvers[*]}").tar
 rebuild=0
