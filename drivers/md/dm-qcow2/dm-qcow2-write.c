@@ -224,7 +224,6 @@ bool qcow2_l2_exclusive(struct qcow2_target *qt, u64 c)
 	return qcow2_meta_kinds(qt, c) == QCOW2_META_L2 && !qcow2_is_fixed_metadata(qt, c);
 }
 
-/* Is host cluster @c metadata, so that no data may go there nor be freed? */
 /*
  * Offset of the L2 table that maps guest byte @guest if the image owns it
  * alone (COPIED, no snapshot refers to it), so that its entries may change
@@ -250,6 +249,7 @@ s64 qcow2_own_l2(struct qcow2_target *qt, u64 guest)
 	return l2;
 }
 
+/* Is host cluster @c metadata, so that no data may go there nor be freed? */
 bool qcow2_is_metadata(struct qcow2_target *qt, u64 c)
 {
 	return qcow2_is_fixed_metadata(qt, c) || qcow2_meta_kinds(qt, c);
@@ -1478,7 +1478,8 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	struct qcow2_l2_entry old, new;
 	enum qcow2_cluster_type t;
 	u64 slice_off, host, old_host = 0, free_len = 0;
-	bool in_place, alloc = false, want_zeros, zeroed = false, fill_zero;
+	bool in_place, alloc = false, want_zeros, zeroed = false;
+	bool fill_zero = false, buffered = false;
 	struct qcow2_slice *s, *pre;
 	u32 start, end;
 	const char *err;
@@ -1577,22 +1578,30 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 
 	if (alloc)
 		qcow2_count(qt, QCOW2_STAT_WORKER_ALLOCS);
-	fill_zero = qcow2_fill_is_zero(qt, &old, guest_cluster, start, end, off, len, false);
-	r = -EOPNOTSUPP;
+	/*
+	 * The data alone, the data with zeros around it, or the fill and the
+	 * data in a buffer (buffered).  Whether the fill is zeros is asked
+	 * only when there is a fill.
+	 */
 	if (start == off && end == off + len && bio) {
 		r = qcow2_write_bio_at(qt, bio, host + off);
-	} else if (bio && fill_zero) {
-		if (zeroed) {
+	} else {
+		fill_zero = qcow2_fill_is_zero(qt, &old, guest_cluster, start, end, off, len,
+					       false);
+		if (!bio || !fill_zero) {
+			buffered = true;
+		} else if (zeroed) {
 			qcow2_count(qt, QCOW2_STAT_ZEROED_ALLOCS);
 			r = qcow2_write_bio_at(qt, bio, host + off);
 		} else {
 			qcow2_count(qt, QCOW2_STAT_ZERO_FILLS);
 			r = qcow2_write_zero_filled(qt, bio, host, start, end, off, len);
+			buffered = r == -EOPNOTSUPP;
 			if (alloc)
 				qcow2_zero_ahead_kick(qt);
 		}
 	}
-	if (r == -EOPNOTSUPP) {
+	if (buffered) {
 		if (!fill_zero)
 			qcow2_count(qt, QCOW2_STAT_COPIES);
 		buf = kvmalloc(end - start, GFP_NOIO);
