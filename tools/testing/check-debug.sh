@@ -34,6 +34,9 @@
 #   DEBUG_LOG=DIR                run-vm.sh logs (default build/check-debug)
 #   DEBUG_CACHED_ONLY=1          if the kernel is not cached, report the run
 #                                as skipped (exit 0) instead of building it
+#   DEBUG_SHARD=K/N              passed to the selftests as QCOW2_SHARD: the
+#                                long matrix suites run only their cases K,
+#                                K+N, ... (default: all cases)
 #
 # Before the selftests, a self-test of the detector: three short VM runs
 # that load tools/testing/debug-kernel/planted/dmq_planted.ko and plant a
@@ -237,7 +240,8 @@ say "selftests ${*:-(all)} in a VM on $KREL, started at $(date +%T) (logs: $logd
 start=$SECONDS
 tools/testing/vm/run-vm.sh --kver "$KREL" --kernel "$KIMAGE" \
 	--module "build/$KREL/dm-qcow2.ko" --append "kmemleak=on" \
-	--disk 2G --disk 2G --mem 3072 --timeout "${DEBUG_TIMEOUT:-21600}" --log "$logdir" -- \
+	--disk 2G --disk 2G --mem 3072 --timeout "${DEBUG_TIMEOUT:-21600}" --log "$logdir" \
+	--env "QCOW2_SHARD=${DEBUG_SHARD:-}" -- \
 	selftests/dm-qcow2/run_tests.sh -t "${DEBUG_TEST_TIMEOUT:-3600}" "$@"
 rc=$?
 say "VM exited with status $rc after $((SECONDS - start)) s"
