@@ -19,13 +19,16 @@
 #      refcount blocks: constant eviction and writeback) and regions
 #      covering the whole disk.
 #   e) an overlay (files in $WORK) over a backing image with data in all its
-#      clusters, the backing behind dm-delay (reads take 100 ms): 4k random
+#      clusters, the backing behind dm-delay (reads take 1 s): 4k random
 #      writes over 8 MiB (128 clusters) at iodepth 1024, verify.  Each
 #      cluster's first write copies it in map() and holds its cluster lock
 #      until the copy is written; meanwhile the other writes wait for those
 #      locks on the workers, far more of them than a workqueue runs at once.
 #      A copy whose write queued behind them would never finish.  QEMU must
-#      read the region as we do.
+#      read the region as we do.  With reads of 100 ms only 422 writes
+#      waited in one CI run (6.1, 2026-12-06): fio had not queued them all
+#      while the copies held their locks; with 1 s, 995 (the part takes
+#      95 s instead of 24).
 # After each part the device is removed and `qemu-img check` must exit 0
 # (no corruption, no leaks); the image is mapped again for the next part,
 # so every part also starts from an image the kernel wrote and QEMU checked.
@@ -255,7 +258,7 @@ _storm()
 		qemu-img create -q -f qcow2 -o cluster_size=64k -b "$base" -F qcow2 "$ovl" &&
 		_wroom "$ovl" $((8 * M)) || { _qdiag "cannot make the overlay"; return 1; }
 	bloop=$(_wloop_attach "$base" --read-only) &&
-		_dm_create "$delay" "0 $(blockdev --getsz "$bloop") delay $bloop 0 100" ro &&
+		_dm_create "$delay" "0 $(blockdev --getsz "$bloop") delay $bloop 0 1000" ro &&
 		loop=$(_wimg_attach "$ovl") &&
 		_dm_create "$dm" "$(_qcow2_table "$loop" $((8 * M / 512)) backing qcow2 \
 			"/dev/mapper/$delay")" || { _qdiag "cannot map the overlay over dm-delay"; return 1; }
