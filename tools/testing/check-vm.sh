@@ -102,16 +102,7 @@ for kver in "${kvers[@]}"; do
 	echo "# ==== kernel $kver: selftests"
 	cat "$work/$i.log"
 	rc=$(cat "$work/$i.log.rc" 2>/dev/null || echo 126)
-	line=$(summary_line "$work/$i.log")
-	if [ -n "$line" ]; then
-		add_counts "$line"
-	fi
-	if [ "$rc" != 0 ] && { [ -z "$line" ] || grep -q ' 0 failed' <<<"$line"; }; then
-		# The suite did not finish, or the VM runner found a kernel report
-		# (125) or a timeout (124) that no single test accounts for.
-		echo "not ok - selftest VM on $kver exited with status $rc"
-		fail=$((fail + 1))
-	fi
+	add_vm_result "$work/$i.log" "$rc" "selftest VM on $kver"
 done
 echo "check-vm: $pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]
