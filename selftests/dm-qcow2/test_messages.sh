@@ -22,9 +22,11 @@
 #      4 KiB write into backing data is copied in map() (both read back
 #      so, also through QEMU); in an overlay with extended L2
 #      (2 KiB subclusters) whose L2 table exists, a 4 KiB aligned write into
-#      a new cluster is allocated in map() with no copy, and the cluster
-#      reads back as the write amid the backing data (QEMU agrees after
-#      removal); reading a compressed image counts compressed reads;
+#      a new cluster is allocated in map() with no copy, then a 1 KiB
+#      write into another subcluster of it is done in map() too, with no
+#      allocation and a copy of the rest of that subcluster, and the
+#      cluster reads back as the writes amid the backing data (QEMU agrees
+#      after removal); reading a compressed image counts compressed reads;
 #   d) commit with lazy refcounts, while mapped: before it, QEMU does not see
 #      the data (nothing was flushed); after it, no dirty slice, the dirty
 #      bit is clear, `qemu-img check -U` exits 0 and QEMU reads exactly what
@@ -142,12 +144,15 @@ _cluster_is()
 {
 	python3 - "$@" <<'PYEOF'
 import mmap, os, stat, sys
-path, off, head, bg, n, b = sys.argv[1], *(int(a, 0) for a in sys.argv[2:])
+path, off, head, bg, n, b, *more = sys.argv[1], *(int(a, 0) for a in sys.argv[2:])
 flags = os.O_RDONLY | (os.O_DIRECT if stat.S_ISBLK(os.stat(path).st_mode) else 0)
 fd = os.open(path, flags)
 buf = mmap.mmap(-1, 65536)
 assert os.preadv(fd, [buf], off) == 65536
 want = bytes([bg]) * head + bytes([b]) * n + bytes([bg]) * (65536 - head - n)
+for i in range(0, len(more), 3):
+    h, n, b = more[i:i + 3]
+    want = want[:h] + bytes([b]) * n + want[h + n:]
 if bytes(buf) != want:
     i = next(i for i in range(65536) if buf[i] != want[i])
     print("# %s: byte %d of the cluster at %d is %#x, expected %#x" % (path, i, off, buf[i], want[i]))
@@ -262,10 +267,19 @@ if [ -f "$XOVL" ] && _wmap "$DM" "$XOVL" "qcow2:$BASE"; then
 		"copies+worker_allocs == 0" || rc=1
 	_cluster_is "$MAP_DEV" $((320 * K)) 8192 0x5a 4096 0x66 ||
 		{ _qdiag "extended L2 cluster reads back wrong"; rc=1; }
+	# A subcluster of that cluster, partly: no allocation, a copy of the
+	# rest of the subcluster from the backing image, in map().
+	_mark "$DM" || rc=1
+	_dd_at "$MAP_DEV" $((320 * K + 40 * K + 512)) 1024 0x67 || rc=1
+	_delta "$DM" "1k write into a subcluster of that cluster" "map_writes == 1" \
+		"copies == 1" "map_allocs+worker_allocs == 0" || rc=1
+	_cluster_is "$MAP_DEV" $((320 * K)) 8192 0x5a 4096 0x66 $((40 * K + 512)) 1024 0x67 ||
+		{ _qdiag "extended L2 cluster reads back wrong after the subcluster write"; rc=1; }
 	_wunmap "$DM"
 	_wcheck "$XOVL" || rc=1
 	_wconvert "$XOVL" "$WORK/xovl.raw" &&
-		_cluster_is "$WORK/xovl.raw" $((320 * K)) 8192 0x5a 4096 0x66 ||
+		_cluster_is "$WORK/xovl.raw" $((320 * K)) 8192 0x5a 4096 0x66 \
+			$((40 * K + 512)) 1024 0x67 ||
 		{ _qdiag "QEMU reads the extended L2 cluster wrong"; rc=1; }
 	rm -f "$WORK/xovl.raw"
 else

@@ -57,6 +57,18 @@
 #     restored the same writes succeed on the same mapping, and after
 #     removal `qemu-img check` exits 0 (the failed writes gave their
 #     clusters back: no leak) and QEMU reads the writes.
+#  8. data writes into subclusters fail (extended L2): QEMU writes the first
+#     subcluster (2 KiB) of 8 clusters, so that each has a host cluster with
+#     the rest unallocated; dm-flakey error_writes over those host clusters,
+#     dm-linear elsewhere.  A 4 KiB write (whole subclusters) and a 1 KiB
+#     write (a subcluster with zeros around it) into each must all fail
+#     with EIO, at least one of them in map() (stats map_writes: such a
+#     write needs no allocation, only the entry's bitmap once written), the
+#     mode stays rw.  After the lower device is restored the same writes
+#     succeed on the same mapping, all 16 in map(); after removal `qemu-img
+#     check` exits 0 (a failed write must not give back the cluster, which
+#     its entry still maps) and QEMU reads the writes, QEMU's subclusters
+#     and zeros in between.
 #
 # After every fault the mapping is removed, the lower device restored to
 # dm-linear and: `qemu-img check` finds no corruption (exit 0, or 3 for
@@ -92,7 +104,7 @@ DATA=$WORK/data
 # the workload writes chunk i at guest WL_BASE + i * CS
 WL_BASE=$((16 * M))
 WL_MAX=384
-NSCEN=7
+NSCEN=8
 SCEN_PASS=0
 
 # scenario N uses the region at N * REGION
@@ -753,6 +765,111 @@ $es $((RSECT - es)) flakey $DISK $((base + es)) 0 1 1 error_writes" || r1=1
 	_scen_done 7 $r1 $r2 $r3
 }
 
+# --- 8: failing data writes into subclusters (extended L2) ------------------
+# the 16 writes of scenario 8: "guest-offset length data-offset" per line
+_s8_writes()
+{
+	local k c
+	for k in 0 1 2 3 4 5 6 7; do
+		c=$((8 * M + k * CS))
+		echo "$((c + (16 << 10))) 4096 $((k * 8192))"
+		echo "$((c + (33 << 10))) 1024 $((k * 8192 + 4096))"
+	done
+}
+
+# _s8_write_all   the 16 writes, O_DIRECT; prints how many failed
+_s8_write_all()
+{
+	local off len src bad=0
+	while read -r off len src; do
+		dd if="$DATA" of="$MAP_DEV" bs="$len" count=1 iflag=skip_bytes skip="$src" \
+			oflag=direct,seek_bytes seek="$off" status=none 2>>"$WORK/dd8.err" ||
+			bad=$((bad + 1))
+	done < <(_s8_writes)
+	echo "$bad"
+}
+
+s8()
+{
+	local d="8 failing data writes into subclusters (extended L2)" r1=0 r2=0 r3=0
+	local base=$((8 * RSECT)) k c lo hi bad mw mw0 df df0 ma ma0
+	local -a qio=()
+	_qmark
+	LO=/dev/mapper/${P}8lo DM=${P}8 IMG=$WORK/img8.qcow2
+	: >"$WORK/ack.8"
+	: >"$WORK/wl.8"
+	for k in 0 1 2 3 4 5 6 7; do
+		qio+=("write -q -P 0x5a $((8 * M + k * CS)) 2k")
+	done
+	if ! _mkimg "$IMG" $VS cluster_size=64k,extended_l2=on || ! _qio "$IMG" "${qio[@]}"; then
+		_fault_setup_fail "$d"
+		return
+	fi
+	# the host clusters of the 8 guest clusters, contiguous
+	read -r lo hi < <(qemu-img map -f qcow2 --output=json "$IMG" | python3 -c '
+import json, sys
+o = [e["offset"] for e in json.load(sys.stdin) if e["data"] and "offset" in e]
+print(min(o), max(o)) if len(o) == 8 else print(0, 0)')
+	if [ "${lo:-0}" -le 0 ] || [ $((hi - lo)) -ne $((7 * CS)) ]; then
+		_qdiag "QEMU's 8 clusters are not contiguous: $lo..$hi"
+		_fault_setup_fail "$d"
+		return
+	fi
+	if ! dd if="$IMG" of="$DISK" bs=64k oflag=direct,seek_bytes seek=$((8 * REGION)) \
+		conv=notrunc,fsync status=none || ! _dm_create "${P}8lo" "$(_linear 8)" ||
+		! _dm_create "$DM" "$(_qcow2_table "$LO" $((VS / 512)))"; then
+		_fault_setup_fail "$d"
+		return
+	fi
+	MAP_DEV=/dev/mapper/$DM
+	# reads bring the L2 slice into the cache (a write in map() needs it)
+	dd if="$MAP_DEV" of=/dev/null bs=512k count=1 skip=16 iflag=direct status=none
+	lo=$((lo / 512)) hi=$((hi / 512 + CS / 512))
+	_lower_set 8 "0 $lo linear $DISK $base
+$lo $((hi - lo)) flakey $DISK $((base + lo)) 0 1 1 error_writes
+$hi $((RSECT - hi)) linear $DISK $((base + hi))" || r1=1
+	mw0=$(_wstat "$DM" map_writes) df0=$(_wstat "$DM" deferred) ma0=$(_wstat "$DM" map_allocs)
+	bad=$(_s8_write_all)
+	[ "$bad" -eq 16 ] || { _qdiag "$((16 - bad)) of 16 writes into failing clusters succeeded"; r1=1; }
+	_eio "$WORK/dd8.err" || r1=1
+	mw=$(_wstat "$DM" map_writes) df=$(_wstat "$DM" deferred)
+	_qdiag "while data writes failed: map_writes +$((mw - mw0)), deferred +$((df - df0))"
+	[ $((mw - mw0)) -ge 1 ] || { _qdiag "no write into a subcluster was done in map()"; r1=1; }
+	_check_wstatus "$DM" rw any || r1=1
+	_check_dmesg_clean || r1=1
+	_result "$d: subcluster writes fail with EIO, mode stays rw" $r1
+	_lower_set 8 "$(_linear 8)" || r2=1
+	mw0=$(_wstat "$DM" map_writes)
+	bad=$(_s8_write_all)
+	[ "$bad" -eq 0 ] || { _qdiag "$bad writes failed after the restore"; r2=1; }
+	mw=$(_wstat "$DM" map_writes) ma=$(_wstat "$DM" map_allocs)
+	_qdiag "after the restore: map_writes +$((mw - mw0)), map_allocs +$((ma - ma0))"
+	if [ $((mw - mw0)) -ne 16 ] || [ "$ma" -ne "$ma0" ]; then
+		_qdiag "wanted all 16 writes in map(), without allocating"
+		r2=1
+	fi
+	sync "$MAP_DEV" 2>/dev/null || blockdev --flushbufs "$MAP_DEV"
+	for k in 0 1 2 3 4 5 6 7; do
+		c=$((8 * M + k * CS))
+		_ack 8 byte "$c" 2048 $((0x5a))
+		_ack 8 byte $((c + 2048)) $((14 << 10)) 0
+		_ack 8 byte $((c + (20 << 10))) $((13 << 10)) 0
+		_ack 8 byte $((c + (34 << 10))) $((30 << 10)) 0
+	done
+	while read -r c k bad; do
+		_ack 8 data "$c" "$k" "$bad"
+	done < <(_s8_writes)
+	_ranges_equal "$MAP_DEV" "$WORK/ack.8" || r2=1
+	_check_wstatus "$DM" rw any || r2=1
+	_remove_mapping || r2=1
+	_result "$d: after restore the writes succeed in map(); removed" $r2
+	_wcheck "$LO" || r3=1
+	_qemu_acked "$LO" 8 || r3=1
+	_dm_remove "${P}8lo" >/dev/null 2>&1
+	_result "$d: the image checks clean, QEMU reads the writes" $r3
+	_scen_done 8 $r1 $r2 $r3
+}
+
 s1
 s2
 s3
@@ -760,6 +877,7 @@ s4
 s5
 s6
 s7
+s8
 
 rc=0
 # the whole run's kernel log, from the mark test_common.sh set at the start

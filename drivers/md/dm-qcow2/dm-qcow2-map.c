@@ -10,7 +10,8 @@
  * map() resolves the first run from cached metadata without sleeping: data
  * is remapped in place (dm_accept_partial_bio() hands the rest of the bio
  * back to dm core), zeros are filled in, and a write into a cluster that has
- * no data yet may allocate it there (qcow2_alloc_in_map()).  Anything that
+ * no data yet may allocate it there (qcow2_alloc_in_map(); with extended L2
+ * also a write into unallocated subclusters of a cluster of our own).  Anything that
  * needs metadata I/O or decompression goes to a worker, which resolves every
  * run of the bio, chaining one clone per run to the original.
  */
@@ -457,7 +458,7 @@ int qcow2_end_io(struct dm_target *ti, struct bio *bio, blk_status_t *error)
 /*
  * Host offset of in-cluster bytes [@from, @from + @len) of an L2 entry that a
  * write may overwrite in place: allocated subclusters of a cluster of our own
- * (COPIED), inside the device.  -1 if the write needs the worker.
+ * (qcow2_own_host()).  -1 if the write needs the worker.
  */
 static s64 qcow2_in_place_host(struct qcow2_layer *top,
 			       const struct qcow2_l2_entry *l2e, u64 from, u64 len)
@@ -467,18 +468,11 @@ static s64 qcow2_in_place_host(struct qcow2_layer *top,
 	const char *err;
 	s64 h;
 
-	if (!(l2e->entry & QCOW2_OFLAG_COPIED))
-		return -1;
 	for (sc = from >> qi->subcluster_bits; sc <= sc_last; sc++)
 		if (qcow2_l2_type(qi, l2e, sc, &err) != QCOW2_CL_NORMAL)
 			return -1;
-	h = qcow2_l2_host_offset(qi, l2e, top->dev_size, &err);
-	if (h < 0 || h + qi->cluster_size > top->dev_size)
-		return -1;
-	/* Into metadata: the worker reports the corruption. */
-	if (qcow2_is_metadata(top->qt, h >> qi->cluster_bits))
-		return -1;
-	return h + from;
+	h = qcow2_own_host(top, l2e);
+	return h < 0 ? -1 : h + from;
 }
 
 /*

@@ -255,6 +255,27 @@ bool qcow2_is_metadata(struct qcow2_target *qt, u64 c)
 	return qcow2_is_fixed_metadata(qt, c) || qcow2_meta_kinds(qt, c);
 }
 
+/*
+ * The host cluster of L2 entry @l2e of the top layer when data may be
+ * written into it in place: a cluster of our own (COPIED), not compressed,
+ * inside the device and not metadata.  -1 otherwise (the worker decides
+ * what to do, and reports a corrupt entry).
+ */
+s64 qcow2_own_host(struct qcow2_layer *top, const struct qcow2_l2_entry *l2e)
+{
+	const struct qcow2_info *qi = &top->qi;
+	const char *err;
+	s64 h;
+
+	if (!(l2e->entry & QCOW2_OFLAG_COPIED) || (l2e->entry & QCOW2_OFLAG_COMPRESSED))
+		return -1;
+	h = qcow2_l2_host_offset(qi, l2e, top->dev_size, &err);
+	if (h <= 0 || h + qi->cluster_size > top->dev_size ||
+	    qcow2_is_metadata(top->qt, h >> qi->cluster_bits))
+		return -1;
+	return h;
+}
+
 /* ----------------------------------------------------------------------- */
 /* Refcounts                                                               */
 
@@ -2017,9 +2038,14 @@ static void qcow2_alloc_end_io(struct bio *w)
 		/*
 		 * Release first: the worker that gives the cluster back may
 		 * queue behind workers that wait for this cluster lock.  Until
-		 * then the cluster is only leaked, never referenced.
+		 * then the cluster is only leaked, never referenced.  Nothing
+		 * to give back when the subclusters were of a cluster we had.
 		 */
 		qcow2_alloc_release(qt, qb);
+		if (!qb->alloc_new) {
+			bio_endio(bio);
+			return;
+		}
 		INIT_WORK(&qb->work, qcow2_alloc_undo);
 		queue_work(qt->wq, &qb->work);
 		return;
@@ -2136,6 +2162,7 @@ static bool qcow2_alloc_whole_in_map(struct qcow2_target *qt, struct bio *bio, u
 	qb->qt = qt;
 	qb->alloc_gc = gc;
 	qb->alloc_n = n;
+	qb->alloc_new = true;
 	if (!qcow2_alloc_begin(qt))
 		goto release;
 	s = qcow2_slice_get(qt->cache, top,
@@ -2205,7 +2232,9 @@ release:
 
 /*
  * Allocate a cluster for write @bio in map(), which must not wait for I/O:
- * a write within one cluster that has no host cluster, when the metadata it
+ * a write within one cluster that has no host cluster (or, with extended
+ * L2, into unallocated subclusters of a host cluster of our own, which
+ * needs no allocation but the same entry update), when the metadata it
  * needs (of the layers below too) is cached and neither the cluster lock nor
  * meta_lock is contended.  What is around the write in its (sub)clusters,
  * the fill, is zeros (no backing file, or nothing in the layers below there),
@@ -2241,6 +2270,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	struct qcow2_run run = { .type = QCOW2_RUN_ZERO };
 	struct qcow2_slice *s;
 	bool zeroed = false;
+	const char *err;
 	s64 l2, h;
 	u64 sc;
 
@@ -2275,8 +2305,22 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		goto release;
 	qb->alloc_idx = l2_idx & ((1U << slice_entries_bits) - 1);
 	qcow2_l2_entry_load(qi, qcow2_slice_data(s), qb->alloc_idx, &old);
-	if (old.entry || old.bitmap)
-		goto put;
+	/*
+	 * Nothing in the top layer: allocate.  With extended L2, a host
+	 * cluster of our own whose subclusters to write are unallocated
+	 * (they read what is below, as an unallocated cluster does) takes
+	 * the data where it is, and its entry only gains them.
+	 */
+	qb->alloc_new = !old.entry && !old.bitmap;
+	if (!qb->alloc_new) {
+		if (!qi->extended_l2)
+			goto put;
+		for (sc = start >> scb; sc < end >> scb; sc++)
+			if (qcow2_l2_type(qi, &old, sc, &err) != QCOW2_CL_UNALLOCATED_ALLOC)
+				goto put;
+		if (qcow2_own_host(top, &old) < 0)
+			goto put;
+	}
 	/*
 	 * The data alone (w), or with zeros around it (fill); with both, the
 	 * allocation picks: w if the cluster was zeroed ahead.
@@ -2293,7 +2337,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		if (!fill)
 			goto put;
 	}
-	if (!src && (!fill || !test_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags))) {
+	if (!src && (!fill || (qb->alloc_new &&
+				      !test_bit(QCOW2_FLAG_NO_ZERO_AHEAD, &qt->flags)))) {
 		w = bio_alloc_clone(top->dev->bdev, bio, GFP_NOWAIT, &qt->write_bs);
 		if (!w)
 			goto put;
@@ -2302,18 +2347,22 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		goto put;
 	h = -EWOULDBLOCK;
 	if (mutex_trylock(&qt->meta_lock)) {
-		h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
+		if (qb->alloc_new)
+			h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
+		else
+			h = old.entry & QCOW2_L2E_OFFSET_MASK;
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
-		if (h >= 0 && fill && !zeroed && !src)
+		if (h >= 0 && qb->alloc_new && fill && !zeroed && !src)
 			qcow2_zero_ahead_kick(qt);
 	}
 	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
 	if (h < 0)
 		goto put;
 	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
-	qcow2_count(qt, QCOW2_STAT_MAP_ALLOCS);
+	if (qb->alloc_new)
+		qcow2_count(qt, QCOW2_STAT_MAP_ALLOCS);
 	if (src)
 		qcow2_count(qt, QCOW2_STAT_COPIES);
 	else if (fill)
@@ -2322,7 +2371,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qb->alloc_l2 = qcow2_slice_data(s);
 	qcow2_slice_put(qt->cache, s);
 	qb->alloc_entry.entry = h | QCOW2_OFLAG_COPIED;
-	qb->alloc_entry.bitmap = 0;
+	qb->alloc_entry.bitmap = old.bitmap;
 	if (qi->extended_l2)
 		for (sc = start >> scb; sc < end >> scb; sc++)
 			qb->alloc_entry.bitmap |= 1ULL << sc;

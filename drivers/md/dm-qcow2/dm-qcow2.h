@@ -202,11 +202,14 @@ struct qcow2_bio {
 	/*
 	 * Clusters allocated in map(): their L2 entries, stored once written.
 	 * Guest clusters alloc_gc.. (their locks held), entries alloc_idx..
-	 * of one slice, host clusters contiguous from alloc_entry's.
+	 * of one slice, host clusters contiguous from alloc_entry's.  Or
+	 * (alloc_new false) subclusters of a host cluster of our own that
+	 * were unallocated: the entry gains them, nothing was allocated.
 	 */
 	u64 alloc_gc;
 	unsigned int alloc_n;
 	unsigned int alloc_idx;
+	bool alloc_new;
 	void *alloc_l2;			/* the L2 slice's data (dirty) */
 	struct qcow2_l2_entry alloc_entry;
 	struct bio *cow_src;		/* reads the fill, or NULL */
@@ -292,6 +295,7 @@ void qcow2_corrupt(struct qcow2_target *qt, const char *why);
 unsigned long qcow2_meta_kinds(struct qcow2_target *qt, u64 c);
 int qcow2_meta_add(struct qcow2_target *qt, u64 c, unsigned long kind, gfp_t gfp);
 bool qcow2_is_metadata(struct qcow2_target *qt, u64 c);
+s64 qcow2_own_host(struct qcow2_layer *top, const struct qcow2_l2_entry *l2e);
 bool qcow2_l2_exclusive(struct qcow2_target *qt, u64 c);
 s64 qcow2_own_l2(struct qcow2_target *qt, u64 guest);
 int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
