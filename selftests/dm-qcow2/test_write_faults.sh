@@ -377,6 +377,25 @@ _fault_setup_fail()
 	_result "$1: after restore" 1
 }
 
+# _restored N R1 R2 R3 DESC2 DESC3   the end of scenario N, its lower device
+# restored and the writes redone: the mapping reads every acknowledged
+# range, stays rw and is removed (subtest DESC2, failed if R2 is not 0);
+# the image on the lower device checks clean and QEMU reads the ranges
+# (DESC3, failed if R3 is not 0); the scenario passes if R1 is 0 too.
+_restored()
+{
+	local n=$1 r1=$2 r2=$3 r3=$4
+	_ranges_equal "$MAP_DEV" "$WORK/ack.$n" || r2=1
+	_check_wstatus "$DM" rw any || r2=1
+	_remove_mapping || r2=1
+	_result "$5" "$r2"
+	_wcheck "$LO" || r3=1
+	_qemu_acked "$LO" "$n" || r3=1
+	_dm_remove "$P${n}lo" >/dev/null 2>&1
+	_result "$6" "$r3"
+	_scen_done "$n" "$r1" "$r2" "$r3"
+}
+
 # --- 1: failing writes ----------------------------------------------------
 s1()
 {
@@ -754,15 +773,8 @@ $es $((RSECT - es)) flakey $DISK $((base + es)) 0 1 1 error_writes" || r1=1
 			{ _qdiag "write $i failed after the restore"; r2=1; }
 	done
 	_ack 7 data "$off" $((4 * M)) 0
-	_ranges_equal "$MAP_DEV" "$WORK/ack.7" || r2=1
-	_check_wstatus "$DM" rw any || r2=1
-	_remove_mapping || r2=1
-	_result "$d: after restore the writes succeed; removed" $r2
-	_wcheck "$LO" || r3=1
-	_qemu_acked "$LO" 7 || r3=1
-	_dm_remove "${P}7lo" >/dev/null 2>&1
-	_result "$d: the image checks clean (no leak), QEMU reads the writes" $r3
-	_scen_done 7 $r1 $r2 $r3
+	_restored 7 $r1 $r2 $r3 "$d: after restore the writes succeed; removed" \
+		"$d: the image checks clean (no leak), QEMU reads the writes"
 }
 
 # --- 8: failing data writes into subclusters (extended L2) ------------------
@@ -859,15 +871,8 @@ $hi $((RSECT - hi)) linear $DISK $((base + hi))" || r1=1
 	while read -r c k bad; do
 		_ack 8 data "$c" "$k" "$bad"
 	done < <(_s8_writes)
-	_ranges_equal "$MAP_DEV" "$WORK/ack.8" || r2=1
-	_check_wstatus "$DM" rw any || r2=1
-	_remove_mapping || r2=1
-	_result "$d: after restore the writes succeed in map(); removed" $r2
-	_wcheck "$LO" || r3=1
-	_qemu_acked "$LO" 8 || r3=1
-	_dm_remove "${P}8lo" >/dev/null 2>&1
-	_result "$d: the image checks clean, QEMU reads the writes" $r3
-	_scen_done 8 $r1 $r2 $r3
+	_restored 8 $r1 $r2 $r3 "$d: after restore the writes succeed in map(); removed" \
+		"$d: the image checks clean, QEMU reads the writes"
 }
 
 s1
