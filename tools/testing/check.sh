@@ -61,16 +61,26 @@ run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 # four successive days cover them all (on 6.1.192, 2026-12-06, all six tests
 # took 1490 s, test_write_diff alone 704).  The whole suite: make
 # check-debug; CHECK_DEBUG_TESTS and CHECK_DEBUG_SHARD override the choice.
+# It takes about 13 minutes; when make check has already run longer than
+# CHECK_DEBUG_AFTER seconds (default 3900) it is skipped, so that a slow
+# day's CI still ends well inside its 90 minutes.
 day=$((10#$(date +%j)))
 if [ $((day % 2)) = 0 ]; then
 	debug_tests="test_write_diff.sh test_write_batch.sh test_cache_shrink.sh"
 else
 	debug_tests="test_write_diff.sh test_write_enospc.sh test_fault_inject.sh test_write_corrupt.sh"
 fi
-run_part "write paths on the debug kernel" env DEBUG_CACHED_ONLY=1 DEBUG_TIMEOUT=1500 \
-	DEBUG_SHARD="${CHECK_DEBUG_SHARD:-$((day % 4 + 1))/4}" \
-	DEBUG_TESTS="${CHECK_DEBUG_TESTS:-$debug_tests}" \
-	tools/testing/check-debug.sh
+elapsed=$(($(date +%s) - start))
+if [ "$elapsed" -gt "${CHECK_DEBUG_AFTER:-3900}" ]; then
+	echo "## write paths on the debug kernel"
+	echo "ok - debug kernel part # SKIP make check has run $elapsed s (over ${CHECK_DEBUG_AFTER:-3900})"
+	skip=$((skip + 1))
+else
+	run_part "write paths on the debug kernel" env DEBUG_CACHED_ONLY=1 DEBUG_TIMEOUT=1500 \
+		DEBUG_SHARD="${CHECK_DEBUG_SHARD:-$((day % 4 + 1))/4}" \
+		DEBUG_TESTS="${CHECK_DEBUG_TESTS:-$debug_tests}" \
+		tools/testing/check-debug.sh
+fi
 
 echo "# make check took $(($(date +%s) - start)) s on kernels: $*"
 echo "$pass passed, $fail failed, $skip skipped"
