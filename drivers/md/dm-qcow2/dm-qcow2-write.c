@@ -2271,7 +2271,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	struct qcow2_slice *s;
 	bool zeroed = false;
 	const char *err;
-	s64 l2, h;
+	s64 l2, h, own = -1;
 	u64 sc;
 
 	/* Larger writes: whole clusters, or the worker allocates them in batches. */
@@ -2318,7 +2318,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		for (sc = start >> scb; sc < end >> scb; sc++)
 			if (qcow2_l2_type(qi, &old, sc, &err) != QCOW2_CL_UNALLOCATED_ALLOC)
 				goto put;
-		if (qcow2_own_host(top, &old) < 0)
+		own = qcow2_own_host(top, &old);
+		if (own < 0)
 			goto put;
 	}
 	/*
@@ -2350,7 +2351,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		if (qb->alloc_new)
 			h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
 		else
-			h = old.entry & QCOW2_L2E_OFFSET_MASK;
+			h = own;
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
