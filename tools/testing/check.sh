@@ -14,7 +14,7 @@ start=$(date +%s)
 run_part() {
 	local name=$1 log line rc failed_before=$fail
 	shift
-	echo "## $name"
+	echo "## $name (make check at $(($(date +%s) - start)) s)"
 	log=$(mktemp)
 	"$@" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
@@ -73,7 +73,7 @@ else
 fi
 elapsed=$(($(date +%s) - start))
 if [ "$elapsed" -gt "${CHECK_DEBUG_AFTER:-3900}" ]; then
-	echo "## write paths on the debug kernel"
+	echo "## write paths on the debug kernel (make check at $elapsed s)"
 	echo "ok - debug kernel part # SKIP make check has run $elapsed s (over ${CHECK_DEBUG_AFTER:-3900})"
 	skip=$((skip + 1))
 else
