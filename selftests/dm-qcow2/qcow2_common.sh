@@ -22,7 +22,7 @@
 # Environment: GEN_ONLY=1 (above), QCOW2_KEEP=1 (keep the scratch dir, from
 # test_common.sh), QCOW2_TIMING=1 (per-case times as diagnostics),
 # QCOW2_SHARD=K/N (the long matrix suites run only cases K, K+N, K+2N, ...;
-# see _shard_mine).
+# see _shard_mine in test_common.sh).
 #
 # Conventions:
 #   - $WORK is the per-test scratch directory (set by _qcow2_init).
@@ -52,30 +52,6 @@ _qdiag()
 _gen_only()
 {
 	[ "$GEN_ONLY" = 1 ]
-}
-
-# _shard_mine CASE   true if case number CASE (1-based) is this run's.
-# `make check` over several kernels gives each kernel's VM one shard of the
-# long, independent case lists (test_read_matrix, test_read_corrupt,
-# test_write_diff): every case runs on one of the kernels, every suite on
-# all of them.  Unset or malformed: every case is mine.
-_shard_mine()
-{
-	local k=${QCOW2_SHARD%%/*} n=${QCOW2_SHARD##*/}
-
-	[[ "${QCOW2_SHARD:-}" =~ ^[0-9]+/[0-9]+$ ]] && [ "$n" -gt 1 ] || return 0
-	[ $((($1 - 1) % n)) -eq $((k - 1)) ]
-}
-
-# _shard_count TOTAL   how many of the cases 1..TOTAL are this run's
-_shard_count()
-{
-	local i c=0
-
-	for ((i = 1; i <= $1; i++)); do
-		_shard_mine "$i" && c=$((c + 1))
-	done
-	echo "$c"
 }
 
 # _pos_of KEY ITEM...   the position (1-based) of KEY among the ITEMs; fails

@@ -27,6 +27,8 @@
 #   DM_QCOW2_MODULE    module name for _require_module (default dm-qcow2)
 #   QCOW2_KEEP=1       keep the scratch directories (dm and loop devices are
 #                      still removed)
+#   QCOW2_SHARD=K/N    suites with case lists run only cases K, K+N, ...
+#                      (_shard_mine; make check gives each kernel one shard)
 #
 # This file does not change shell options of the test (no set -e/-u), but is
 # safe under set -u.
@@ -367,6 +369,31 @@ _KTAP_PLAN=""
 _KTAP_PASS=0
 _KTAP_FAIL=0
 _KTAP_SKIP=0
+
+# _shard_mine CASE   true if case number CASE (1-based) is this run's.
+# `make check` over several kernels gives each kernel's VM one shard of the
+# long, independent case lists (test_read_matrix, test_read_corrupt,
+# test_write_diff, test_write_faults, test_qcow2setup, ...): every case runs
+# on one of the kernels, every suite on all of them.  Unset or malformed:
+# every case is mine.
+_shard_mine()
+{
+	local k=${QCOW2_SHARD%%/*} n=${QCOW2_SHARD##*/}
+
+	[[ "${QCOW2_SHARD:-}" =~ ^[0-9]+/[0-9]+$ ]] && [ "$n" -gt 1 ] || return 0
+	[ $((($1 - 1) % n)) -eq $((k - 1)) ]
+}
+
+# _shard_count TOTAL   how many of the cases 1..TOTAL are this run's
+_shard_count()
+{
+	local i c=0
+
+	for ((i = 1; i <= $1; i++)); do
+		_shard_mine "$i" && c=$((c + 1))
+	done
+	echo "$c"
+}
 
 ktap_header()
 {

@@ -56,6 +56,8 @@
 # Measured in the TCG test VM (2 vCPUs): ~3-3.5 min on 6.1 and 6.12, of which
 # ~45 s build the images (each qemu-img/qemu-io run costs 0.5-4 s there) and
 # most of the rest is udev handling the device events open/close wait for.
+# With QCOW2_SHARD=K/N only subtests K, K+N, ... of $TESTS run (the images
+# are made in every shard); make check splits them between its kernels.
 
 # shellcheck disable=SC2317 # subtests are called through "$t"
 . "$(dirname "$0")/test_common.sh"
@@ -865,9 +867,23 @@ GEN=$?
 _diag "test images: $(($(date +%s) - T0)) s"
 ktap_result $GEN "qcow2setup: test images"
 
+# t_* number I (1-based) of $TESTS, for its case shard (QCOW2_SHARD)
+_subtest_index()
+{
+	local t i=0
+
+	for t in $TESTS; do
+		i=$((i + 1))
+		[ "$t" = "$1" ] && break
+	done
+	echo "$i"
+}
+
 subtest_skip()
 {
-	if [ "$GEN" != 0 ]; then
+	if ! _shard_mine "$(_subtest_index "$1")"; then
+		echo "case shard $QCOW2_SHARD: runs in another VM"
+	elif [ "$GEN" != 0 ]; then
 		echo "no test images"
 	elif [ "$1" = t_direct_io ] &&
 	     { ! _disk 1 >/dev/null 2>&1 || ! command -v mkfs.ext4 >/dev/null; }; then

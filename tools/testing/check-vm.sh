@@ -55,11 +55,13 @@ done
 ONE_KERNEL_TESTS="test_nested_vm.sh test_crash_replay.sh"
 FIRST_KERNEL_TESTS="test_hostile_images.sh test_boot_root.sh"
 
-# The long matrix suites (test_read_matrix, test_read_corrupt,
-# test_read_chain, test_read_compressed, test_read_snapshot, test_write_diff)
-# run one shard of their cases per kernel: kernel I of N runs cases I, I+N,
-# ... (QCOW2_SHARD=I/N, see _shard_mine in qcow2_common.sh), so every case
-# runs once and every suite on every kernel.
+# The long suites with case lists (test_read_matrix, test_read_corrupt,
+# test_read_chain, test_read_compressed, test_read_snapshot, test_write_diff,
+# test_write_faults, test_qcow2setup) run one shard of their cases per kernel (QCOW2_SHARD=K/N, see _shard_mine
+# in test_common.sh: cases K, K+N, ...), so every case runs once and every
+# suite on every kernel.  Which kernel gets which shard turns with the day
+# of the year (kernel I of N takes shard (I - 1 + day) % N + 1), so that
+# over N days every case runs on every kernel; CHECK_VM_DAY sets the day.
 
 # run_suite KVER LOG [ELSEWHERE] [SHARD]: the selftest suite of one kernel,
 # without the tests in ELSEWHERE; LOG.rc gets the status
@@ -75,12 +77,13 @@ run_suite()
 	echo $? >"$log.rc"
 }
 
+day=${CHECK_VM_DAY:-$((10#$(date +%j)))}
 i=0
 for kver in "${kvers[@]}"; do
 	i=$((i + 1))
 	elsewhere="" shard=""
 	if [ -z "${SELFTESTS:-}" ] && [ "${#kvers[@]}" -gt 1 ]; then
-		shard="$i/${#kvers[@]}"
+		shard="$(((i - 1 + day) % ${#kvers[@]} + 1))/${#kvers[@]}"
 		if [ "$i" -lt "${#kvers[@]}" ]; then
 			elsewhere=$ONE_KERNEL_TESTS
 		else
