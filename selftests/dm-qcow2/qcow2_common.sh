@@ -54,21 +54,6 @@ _gen_only()
 	[ "$GEN_ONLY" = 1 ]
 }
 
-# _pos_of KEY ITEM...   the position (1-based) of KEY among the ITEMs; fails
-# if absent.  For "which case is this", pass the cases' keys, e.g.
-# _pos_of "$fn" "${CASES[@]##*:}"
-_pos_of()
-{
-	local key=$1 i=0 item
-
-	shift
-	for item in "$@"; do
-		i=$((i + 1))
-		[ "$item" = "$key" ] && { echo "$i"; return 0; }
-	done
-	return 1
-}
-
 # _shard_note TOTAL   a diagnostic naming the shard, if there is one
 _shard_note()
 {

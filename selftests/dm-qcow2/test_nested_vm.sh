@@ -278,10 +278,12 @@ _nested_kernel()
 	fi
 	if [ -n "${magic:-}" ] && command -v "${dec%% *}" >/dev/null && command -v readelf >/dev/null; then
 		off=$(LC_ALL=C grep -obUaP "$magic" "$KERNEL" | head -n 1 | cut -d: -f1)
+	fi
+	if [ -n "${off:-}" ]; then
 		# The payload is followed by more of the bzImage: the decompressor
 		# complains about it after writing the whole of vmlinux.
-		[ -n "$off" ] && tail -c +$((off + 1)) "$KERNEL" | $dec >"$out" 2>/dev/null
-		if [ -n "$off" ] && [ "$(head -c 4 "$out" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] &&
+		tail -c +$((off + 1)) "$KERNEL" | $dec >"$out" 2>/dev/null
+		if [ "$(head -c 4 "$out" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] &&
 		   readelf -n "$out" 2>/dev/null | grep -q '^ *Xen .*(0x00000012)'; then
 			echo "$out"
 			return

@@ -867,21 +867,10 @@ GEN=$?
 _diag "test images: $(($(date +%s) - T0)) s"
 ktap_result $GEN "qcow2setup: test images"
 
-# t_* number I (1-based) of $TESTS, for its case shard (QCOW2_SHARD)
-_subtest_index()
-{
-	local t i=0
-
-	for t in $TESTS; do
-		i=$((i + 1))
-		[ "$t" = "$1" ] && break
-	done
-	echo "$i"
-}
-
 subtest_skip()
 {
-	if ! _shard_mine "$(_subtest_index "$1")"; then
+	# shellcheck disable=SC2086 # $TESTS is a list of names
+	if ! _shard_mine "$(_pos_of "$1" $TESTS)"; then
 		echo "case shard $QCOW2_SHARD: runs in another VM"
 	elif [ "$GEN" != 0 ]; then
 		echo "no test images"
