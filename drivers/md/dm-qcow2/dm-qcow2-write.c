@@ -26,7 +26,8 @@
  *
  * Locking: a guest cluster is modified under its cluster lock (hashed bit
  * locks); metadata state (tables, cache contents, allocator) under
- * meta_lock, never held across data I/O; updates hold update_sem for read
+ * meta_lock, never held across data I/O nor the write of a new L2 table
+ * (qcow2_l2_writable()); updates hold update_sem for read
  * from their first metadata change to their last, and a commit holds it for
  * write, so it never sees a cluster allocated but not yet mapped.  A write
  * that allocates in map() (qcow2_alloc_in_map()) only tries its locks and
@@ -1090,18 +1091,29 @@ static void qcow2_end_update(struct qcow2_target *qt)
 
 /*
  * Make the L2 table of L1 entry @l1_idx writable in place: allocate it, or
- * copy it if it is shared with a snapshot.  Returns its offset.
+ * copy it if it is shared with a snapshot.  Returns its offset.  Called
+ * under meta_lock, which it drops while it writes a new table (the writes
+ * that allocate in map() only try meta_lock: holding it across the zeroing
+ * of every new table sent them all to the workers).  A bit of l2_busy,
+ * hashed from @l1_idx, keeps other updates of the entry waiting meanwhile.
  */
 static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	const struct qcow2_info *qi = &top->qi;
-	u64 l1e = top->l1[l1_idx];
+	unsigned int busy = hash_64(l1_idx, ilog2(BITS_PER_LONG));
 	const char *err;
 	s64 old, new;
 	void *buf;
+	u64 l1e;
 	int r;
 
+	while (test_bit(busy, &qt->l2_busy)) {
+		mutex_unlock(&qt->meta_lock);
+		wait_on_bit(&qt->l2_busy, busy, TASK_UNINTERRUPTIBLE);
+		mutex_lock(&qt->meta_lock);
+	}
+	l1e = top->l1[l1_idx];
 	old = qcow2_l1_entry_l2_offset(qi, l1e, top->dev_size, &err);
 	if (old > 0 && ((l1e & QCOW2_OFLAG_COPIED) ?
 			!qcow2_l2_exclusive(qt, old >> qi->cluster_bits) :
@@ -1126,11 +1138,11 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 		return r;
 	}
 	qcow2_cache_invalidate(qt->cache, top, new, qi->cluster_size);
+	/* Nothing refers to @new yet, and the entry stays as it is. */
+	set_bit(busy, &qt->l2_busy);
+	mutex_unlock(&qt->meta_lock);
 	if (!old) {
 		r = qcow2_zero_cluster(qt, new);
-		/* Spare the first lookups a read of the zeros (small tables). */
-		if (!r && qi->cluster_size >> top->slice_bits <= QCOW2_NEW_L2_SLICES)
-			qcow2_cache_add_zeroed(qt->cache, top, new, qi->cluster_size);
 	} else {
 		/* A shared table is never modified in place: disk is current. */
 		buf = kvmalloc(qi->cluster_size, GFP_NOIO);
@@ -1138,10 +1150,15 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 		if (!r)
 			r = qcow2_write_bytes(qt, top, new, buf, qi->cluster_size);
 		kvfree(buf);
-		/* A snapshot's table: not a reference that may point at metadata. */
-		if (!r)
-			r = qcow2_queue_free(qt, old, qi->cluster_size);
 	}
+	mutex_lock(&qt->meta_lock);
+	clear_and_wake_up_bit(busy, &qt->l2_busy);
+	/* Spare the first lookups a read of the zeros (small tables). */
+	if (!r && !old && qi->cluster_size >> top->slice_bits <= QCOW2_NEW_L2_SLICES)
+		qcow2_cache_add_zeroed(qt->cache, top, new, qi->cluster_size);
+	/* A snapshot's table: not a reference that may point at metadata. */
+	if (!r && old)
+		r = qcow2_queue_free(qt, old, qi->cluster_size);
 	if (r) {
 		qcow2_meta_put_l2(qt, new >> qi->cluster_bits);
 		qcow2_refcount_add(qt, new >> qi->cluster_bits, -1, NULL);
