@@ -47,8 +47,8 @@ K=1024
 DM=${QCOW2_DM_PREFIX}msg
 NAMES="map_reads map_writes deferred backing_reads compressed_reads map_allocs
 worker_allocs copies zero_fills zeroed_allocs zero_ahead zero_ahead_clusters
-zero_ahead_waits zeroed_clusters freed_clusters flushes commits commit_usecs
-cache_shrunk"
+zero_ahead_waits zeroed_tables zeroed_clusters freed_clusters flushes commits
+commit_usecs cache_shrunk"
 
 ktap_header
 ktap_plan 5

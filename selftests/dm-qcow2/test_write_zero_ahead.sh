@@ -10,8 +10,8 @@
 # then writes only the data (see "Writing" in qcow2.rst).  Both are wrong in
 # a way no other test can see when the device's free space already reads as
 # zeros, so here it does not: the first 512 MiB of the first spare disk are
-# filled with 0xa5 bytes before `qemu-img create` puts a 256 MiB image
-# (64 KiB clusters) on it.  Then:
+# filled with 0xa5 bytes before `qemu-img create` puts a 576 MiB image
+# (64 KiB clusters: two L2 tables) on it.  Then:
 #   a) two fio jobs at iodepth 16 write one 4 KiB block into each of 2048
 #      new clusters, at offset 0 and at offset 36 KiB of the cluster (a fill
 #      before and after the data); the whole device must equal the
@@ -19,7 +19,10 @@
 #      stats must show write-zeroes of free clusters ahead of the allocator
 #      that average at least 1 MiB (zero_ahead, zero_ahead_clusters) and
 #      data-only writes into zeroed clusters (zeroed_allocs; zero_ahead_waits,
-#      allocations that met a write-zeroes in flight, is printed).  No
+#      allocations that met a write-zeroes in flight, is printed); then one
+#      4 KiB write at 512 MiB + 36 KiB, under the second L2 table: the new
+#      table must come from the clusters zeroed ahead (zeroed_tables), not
+#      be zeroed again, and read as zeros but for that block.  No
 #      tracepoint is enabled: that patches kernel text (sched_switch for the
 #      comm cache), and TCG has let the other vCPU run into the int3 of such
 #      a patch ("Oops: int3" in __schedule, a panic unrelated to the module);
@@ -38,7 +41,7 @@ _qcow2_init fio cmp python3
 DISK=$(_disk 1) || exit
 M=$((1 << 20))
 K=1024
-VS=$((256 * M))
+VS=$((576 * M))
 DM=${QCOW2_DM_PREFIX}za
 DISK_SIZE=$(blockdev --getsize64 "$DISK")
 [ "$DISK_SIZE" -ge $((512 * M)) ] || _skip "$DISK is too small ($DISK_SIZE bytes)"
@@ -153,10 +156,23 @@ _result "image on $DISK over 0xa5 garbage, mapped read-write" $rc
 rc=0
 _qmark
 _write 0 "a)" || rc=1
+# the second L2 table, taken while zeroing ahead runs
+head -c 4096 /dev/zero | tr '\0' '\063' >"$WORK/block"
+dd if="$WORK/block" of="$EXP" bs=4k seek=$(((512 * M + 36 * K) / 4096)) conv=notrunc \
+	status=none || rc=1
+_wguard 60 "dd at 512 MiB" dd if="$WORK/block" of="$MAP_DEV" bs=4k \
+	seek=$(((512 * M + 36 * K) / 4096)) oflag=direct conv=notrunc status=none || rc=1
+if ! cmp -s -i $((512 * M)) -n $((64 * M)) "$MAP_DEV" "$EXP"; then
+	_qdiag "a) [512 MiB, 576 MiB) differs from the expected content"
+	rc=1
+fi
 stats=$(dmsetup message "$DM" 0 stats | tr '\n' ' ')
 _qdiag "stats: $stats"
 za=$(_wstat "$DM" zeroed_allocs)
 [ "${za:-0}" -gt 0 ] || { _qdiag "no write went into a cluster zeroed ahead"; rc=1; }
+zt=$(_wstat "$DM" zeroed_tables)
+[ "${zt:-0}" -eq 1 ] ||
+	{ _qdiag "the second L2 table was not put in a zeroed cluster (zeroed_tables ${zt:-?})"; rc=1; }
 zah=$(_wstat "$DM" zero_ahead)
 zac=$(_wstat "$DM" zero_ahead_clusters)
 # 16 clusters of 64 KiB: 1 MiB per write-zeroes on average
@@ -165,7 +181,7 @@ if [ "${zah:-0}" -eq 0 ] || [ "${zac:-0}" -lt $((16 * zah)) ]; then
 	rc=1
 fi
 _check_dmesg_clean || rc=1
-_result "a) 4k writes to 2048 new clusters (fill after; before and after)" $rc
+_result "a) 4k writes to 2048 new clusters (fill after; before and after), a new L2 table" $rc
 
 # --- b) ----------------------------------------------------------------------
 rc=0

@@ -850,6 +850,7 @@ static const char * const qcow2_stat_names[] = {
 	[QCOW2_STAT_ZERO_AHEAD] = "zero_ahead",
 	[QCOW2_STAT_ZERO_AHEAD_CLUSTERS] = "zero_ahead_clusters",
 	[QCOW2_STAT_ZERO_AHEAD_WAITS] = "zero_ahead_waits",
+	[QCOW2_STAT_ZEROED_TABLES] = "zeroed_tables",
 	[QCOW2_STAT_ZEROED_CLUSTERS] = "zeroed_clusters",
 	[QCOW2_STAT_FREED_CLUSTERS] = "freed_clusters",
 	[QCOW2_STAT_FLUSHES] = "flushes",
@@ -1016,7 +1017,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 6, 0},
+	.version = {1, 7, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,

@@ -1102,6 +1102,7 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	struct qcow2_layer *top = qcow2_top(qt);
 	const struct qcow2_info *qi = &top->qi;
 	unsigned int busy = hash_64(l1_idx, ilog2(BITS_PER_LONG));
+	bool zeroed = false;
 	const char *err;
 	s64 old, new;
 	void *buf;
@@ -1129,7 +1130,8 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	if (old && (l1e & QCOW2_OFLAG_COPIED))
 		return old;
 
-	new = qcow2_alloc_cluster(qt);
+	/* A new table may take a cluster zeroed ahead as it is. */
+	new = __qcow2_alloc_cluster(qt, false, old ? NULL : &zeroed);
 	if (new < 0)
 		return new;
 	r = qcow2_meta_add(qt, new >> qi->cluster_bits, QCOW2_META_L2, GFP_NOIO);
@@ -1141,7 +1143,10 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	/* Nothing refers to @new yet, and the entry stays as it is. */
 	set_bit(busy, &qt->l2_busy);
 	mutex_unlock(&qt->meta_lock);
-	if (!old) {
+	if (zeroed) {
+		qcow2_count(qt, QCOW2_STAT_ZEROED_TABLES);
+		r = 0;
+	} else if (!old) {
 		r = qcow2_zero_cluster(qt, new);
 	} else {
 		/* A shared table is never modified in place: disk is current. */
