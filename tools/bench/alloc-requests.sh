@@ -9,6 +9,13 @@
 #   tools/testing/vm/run-vm.sh --kver KVER --module build/KVER/dm-qcow2.ko \
 #       --disk 80G --mem 2048 -- tools/bench/alloc-requests.sh [QD [IOS]]
 #
+# or, without a disk, on null_blk (memory_backed=1, as `make bench`):
+#
+#   tools/testing/vm/run-vm.sh --kver KVER --module build/KVER/dm-qcow2.ko \
+#       --mem 3072 -- env ALLOC_DEV=nullblk tools/bench/alloc-requests.sh
+#
+# ALLOC_EXT_L2=on makes the image with extended L2 entries.
+#
 # Maps an empty 64 GiB image (64 KiB clusters) on the first disk, runs IOS
 # (default 16384) random 4k writes at queue depth QD (default 32) with fio,
 # and prints fio's IOPS, the write requests and merges the disk completed
@@ -20,12 +27,18 @@ set -eu
 
 qd=${1:-32}
 ios=${2:-16384}
-disk=${QCOW2_DISKS%% *}
+if [ "${ALLOC_DEV:-disk}" = nullblk ]; then
+	rmmod null_blk 2>/dev/null || true
+	modprobe null_blk nr_devices=1 gb=100 bs=512 memory_backed=1 discard=1
+	disk=/dev/nullb0
+else
+	disk=${QCOW2_DISKS%% *}
+fi
 name=${disk##*/}
 
 stat_w() { local f; read -r -a f < "/sys/block/$name/stat"; echo "${f[4]} ${f[5]}"; }
 
-qemu-img create -q -f qcow2 -o cluster_size=65536 "$disk" 64G
+qemu-img create -q -f qcow2 -o "cluster_size=65536,extended_l2=${ALLOC_EXT_L2:-off}" "$disk" 64G
 dmsetup create alloc-req --table "0 $((64 << 21)) qcow2 $disk"
 trap 'dmsetup remove alloc-req 2>/dev/null || true' EXIT
 
