@@ -2258,10 +2258,11 @@ release:
  * L2, into unallocated subclusters of a host cluster of our own, which
  * needs no allocation but the same entry update), when the metadata it
  * needs (of the layers below too) is cached and neither the cluster lock nor
- * meta_lock is contended.  What is around the write in its (sub)clusters,
- * the fill, is zeros (no backing file, or nothing in the layers below there),
- * or data that one layer below has in one piece (copy-on-write), or nothing
- * (the write covers whole subclusters; whole clusters without extended L2).
+ * meta_lock (not taken for subclusters) is contended.  What is around the
+ * write in its (sub)clusters, the fill, is zeros (no backing file, or
+ * nothing in the layers below there), or data that one layer below has in
+ * one piece (copy-on-write), or nothing (the write covers whole
+ * subclusters; whole clusters without extended L2).
  * A bio of our own writes the data, with zeros around it unless the cluster
  * was zeroed ahead, or with the fill that another bio of ours first reads
  * from the layer below (its completion has a worker submit the write); the
@@ -2369,15 +2370,16 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	if (!qcow2_cache_reserve(qt->cache, QCOW2_MAP_ALLOC_SLICES))
 		goto put;
 	h = -EWOULDBLOCK;
-	if (mutex_trylock(&qt->meta_lock)) {
-		if (qb->alloc_new)
-			h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
-		else
-			h = own;
+	if (!qb->alloc_new) {
+		/* Subclusters of a host cluster of ours: no allocator, no meta_lock. */
+		h = own;
+		qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+	} else if (mutex_trylock(&qt->meta_lock)) {
+		h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
 		if (h >= 0)
 			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
-		if (h >= 0 && qb->alloc_new && fill && !zeroed && !src)
+		if (h >= 0 && fill && !zeroed && !src)
 			qcow2_zero_ahead_kick(qt);
 	}
 	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
