@@ -1140,24 +1140,27 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 		return r;
 	}
 	qcow2_cache_invalidate(qt->cache, top, new, qi->cluster_size);
-	/* Nothing refers to @new yet, and the entry stays as it is. */
-	set_bit(busy, &qt->l2_busy);
-	mutex_unlock(&qt->meta_lock);
 	if (zeroed) {
 		qcow2_count(qt, QCOW2_STAT_ZEROED_TABLES);
 		r = 0;
-	} else if (!old) {
-		r = qcow2_zero_cluster(qt, new);
 	} else {
-		/* A shared table is never modified in place: disk is current. */
-		buf = kvmalloc(qi->cluster_size, GFP_NOIO);
-		r = buf ? qcow2_read_bytes(qt, top, old, buf, qi->cluster_size) : -ENOMEM;
-		if (!r)
-			r = qcow2_write_bytes(qt, top, new, buf, qi->cluster_size);
-		kvfree(buf);
+		/* Nothing refers to @new yet, and the entry stays as it is. */
+		set_bit(busy, &qt->l2_busy);
+		mutex_unlock(&qt->meta_lock);
+		if (!old) {
+			r = qcow2_zero_cluster(qt, new);
+		} else {
+			/* A shared table is never modified in place: disk is current. */
+			buf = kvmalloc(qi->cluster_size, GFP_NOIO);
+			r = buf ? qcow2_read_bytes(qt, top, old, buf, qi->cluster_size) :
+				  -ENOMEM;
+			if (!r)
+				r = qcow2_write_bytes(qt, top, new, buf, qi->cluster_size);
+			kvfree(buf);
+		}
+		mutex_lock(&qt->meta_lock);
+		clear_and_wake_up_bit(busy, &qt->l2_busy);
 	}
-	mutex_lock(&qt->meta_lock);
-	clear_and_wake_up_bit(busy, &qt->l2_busy);
 	/* Spare the first lookups a read of the zeros (small tables). */
 	if (!r && !old && qi->cluster_size >> top->slice_bits <= QCOW2_NEW_L2_SLICES)
 		qcow2_cache_add_zeroed(qt->cache, top, new, qi->cluster_size);
