@@ -57,9 +57,10 @@ FIRST_KERNEL_TESTS="test_hostile_images.sh test_boot_root.sh"
 
 # The long suites with case lists (test_read_matrix, test_read_corrupt,
 # test_read_chain, test_read_compressed, test_read_snapshot, test_write_diff,
-# test_write_faults, test_qcow2setup) run one shard of their cases per
-# kernel (QCOW2_SHARD=K/N, see _shard_mine in test_common.sh: cases K, K+N,
-# ...), so every case runs once and every suite on every kernel.  Which kernel gets which shard turns with the day
+# test_write_faults, test_qcow2setup, test_write_fs, test_messages) run one
+# shard of their cases per kernel (QCOW2_SHARD=K/N, see _shard_mine in
+# test_common.sh: cases K, K+N, ...), so every case runs once and every
+# suite on every kernel.  Which kernel gets which shard turns with the day
 # of the year (kernel I of N takes shard (I - 1 + day) % N + 1), so that
 # over N days every case runs on every kernel; CHECK_VM_DAY sets the day.
 
