@@ -112,9 +112,17 @@ os.close(fd)
 PYEOF
 }
 
+# _cmp_second WHAT   compare [512 MiB, 576 MiB), under the second L2 table
+_cmp_second()
+{
+	cmp -s -i $((512 * M)) -n $((64 * M)) "$MAP_DEV" "$EXP" && return 0
+	_qdiag "$1: [512 MiB, 576 MiB) differs from the expected content"
+	return 1
+}
+
 # _write BASE WHAT   run _jobs BASE, update the expectation, compare the
 # first 256 MiB (of the rest, a) writes one block; a) and b) compare
-# [512 MiB, 576 MiB), c) all of it)
+# [512 MiB, 576 MiB) with _cmp_second, c) all of it)
 _write()
 {
 	local rc=0
@@ -160,14 +168,11 @@ _qmark
 _write 0 "a)" || rc=1
 # the second L2 table, taken while zeroing ahead runs
 head -c 4096 /dev/zero | tr '\0' '\063' >"$WORK/block"
-dd if="$WORK/block" of="$EXP" bs=4k seek=$(((512 * M + 36 * K) / 4096)) conv=notrunc \
-	status=none || rc=1
-_wguard 60 "dd at 512 MiB" dd if="$WORK/block" of="$MAP_DEV" bs=4k \
-	seek=$(((512 * M + 36 * K) / 4096)) oflag=direct conv=notrunc status=none || rc=1
-if ! cmp -s -i $((512 * M)) -n $((64 * M)) "$MAP_DEV" "$EXP"; then
-	_qdiag "a) [512 MiB, 576 MiB) differs from the expected content"
-	rc=1
-fi
+blk=$(((512 * M + 36 * K) / 4096))
+dd if="$WORK/block" of="$EXP" bs=4k seek=$blk conv=notrunc status=none || rc=1
+_wguard 60 "dd at 512 MiB" dd if="$WORK/block" of="$MAP_DEV" bs=4k seek=$blk \
+	oflag=direct conv=notrunc status=none || rc=1
+_cmp_second "a)" || rc=1
 stats=$(dmsetup message "$DM" 0 stats | tr '\n' ' ')
 _qdiag "stats: $stats"
 za=$(_wstat "$DM" zeroed_allocs)
@@ -206,10 +211,7 @@ fi
 dmsetup resume "$DM" || { _qdiag "resume failed"; rc=1; }
 _wsync_udev
 _write $((128 * M)) "b)" || rc=1
-if ! cmp -s -i $((512 * M)) -n $((64 * M)) "$MAP_DEV" "$EXP"; then
-	_qdiag "b) [512 MiB, 576 MiB) differs from the expected content after resume"
-	rc=1
-fi
+_cmp_second "b) after resume" || rc=1
 _result "b) free space overwritten while suspended: 2048 more clusters" $rc
 
 # --- c) ----------------------------------------------------------------------
