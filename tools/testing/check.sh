@@ -11,20 +11,35 @@ cd "$top" || exit 1
 . tools/testing/counts.sh
 start=$(date +%s)
 
+# A short record of each run (part headers, times, result lines that are not
+# "ok", counts) stays on the machine, the last 20 runs: CI keeps its log only
+# when it fails, and a passing run's times are worth knowing too.
+# CHECK_RECORD_DIR= (empty) keeps none.
+record_dir=${CHECK_RECORD_DIR-${XDG_CACHE_HOME:-$HOME/.cache}/dm-qcow2/check-runs}
+record=/dev/null
+if [ -n "$record_dir" ] && mkdir -p "$record_dir"; then
+	record=$record_dir/$(date -u +%Y%m%dT%H%M%S)-$(git rev-parse --short HEAD 2>/dev/null || echo none).txt
+	echo "# make check of $(git log -1 --format='%h %s' 2>/dev/null) at $(date -u +%FT%TZ), kernels: $*" > "$record"
+	find "$record_dir" -name '*.txt' | sort | head -n -20 | xargs -r rm -f
+fi
+
 run_part() {
-	local name=$1 log line rc failed_before=$fail
+	local name=$1 log line rc t0 failed_before=$fail
 	shift
-	echo "## $name (make check at $(($(date +%s) - start)) s)"
+	t0=$(date +%s)
+	echo "## $name (make check at $((t0 - start)) s)" | tee -a "$record"
 	log=$(mktemp)
 	"$@" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
 	line=$(summary_line "$log")
+	grep -E '^(not ok|ok .*# SKIP|# ==== kernel|# [^ ]+: exit [0-9]+ after)' "$log" >> "$record"
 	rm -f "$log"
 	add_counts "$line"
 	if [ "$rc" != 0 ] && [ "$fail" = "$failed_before" ]; then
-		echo "not ok - $name exited with status $rc"
+		echo "not ok - $name exited with status $rc" | tee -a "$record"
 		fail=$((fail + 1))
 	fi
+	echo "   $(($(date +%s) - t0)) s, status $rc: ${line:-no summary line}" >> "$record"
 }
 
 if [ $# = 0 ]; then
@@ -78,8 +93,8 @@ else
 fi
 elapsed=$(($(date +%s) - start))
 if [ "$elapsed" -gt "${CHECK_DEBUG_AFTER:-3900}" ]; then
-	echo "## write paths on the debug kernel (make check at $elapsed s)"
-	echo "ok - debug kernel part # SKIP make check has run $elapsed s (over ${CHECK_DEBUG_AFTER:-3900})"
+	echo "## write paths on the debug kernel (make check at $elapsed s)" | tee -a "$record"
+	echo "ok - debug kernel part # SKIP make check has run $elapsed s (over ${CHECK_DEBUG_AFTER:-3900})" | tee -a "$record"
 	skip=$((skip + 1))
 else
 	debug_timeout=$((${CHECK_DEBUG_END:-4800} - elapsed - 200))
@@ -94,6 +109,6 @@ fi
 # number; no assertion on any timing or ratio (about 5 minutes).
 run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 
-echo "# make check took $(($(date +%s) - start)) s on kernels: $*"
-echo "$pass passed, $fail failed, $skip skipped"
+echo "# make check took $(($(date +%s) - start)) s on kernels: $*" | tee -a "$record"
+echo "$pass passed, $fail failed, $skip skipped" | tee -a "$record"
 [ "$fail" = 0 ]
