@@ -36,6 +36,8 @@
 #   BENCH_DEV           nullblk (default) or virtio (the --disk disks)
 #   BENCH_WORK          host directory (read-only here) with compressed.qcow2
 #   BENCH_ONLY          kinds to run (space separated; default all)
+#   BENCH_FIO_CPUS      if set, fio runs on these CPUs only (fio's
+#                       --cpus_allowed, e.g. 0), for every backend
 
 set -u
 export LC_ALL=C
@@ -54,6 +56,7 @@ fi
 DEVKIND=${BENCH_DEV:-nullblk}
 WORK=${BENCH_WORK:-}
 ONLY=${BENCH_ONLY:-empty prealloc overlay compressed chain sparse open}
+FIO_CPUS=${BENCH_FIO_CPUS:-}
 
 GIB=$((1 << 30))
 SIZE=$GIB			# virtual size of the images and the fio region
@@ -462,6 +465,7 @@ fio_args() {
 	FIO_ARGS=(--name=bench --filename="$dev" --direct=1 --ioengine=libaio --numjobs=1
 		  --size="$region" --norandommap --randrepeat=1 --eta=never
 		  $(wl_args "$wl"))
+	[ -n "$FIO_CPUS" ] && FIO_ARGS+=(--cpus_allowed="$FIO_CPUS")
 	case $mode in
 	warmup)	# other offsets than the measured run (its seed is fio's default)
 		FIO_ARGS+=(--time_based --runtime="$RAMP" --randseed=4242 --output=/dev/null) ;;
@@ -916,7 +920,7 @@ main() {
 		--arg dev "$DEV_DESC" --arg devkind "$DEVKIND" --arg scratch "$SCRATCH" --arg base "$BASE" \
 		--arg fio "$(fio --version)" --arg qemu "$(qemu-img --version | head -n 1)" \
 		--argjson quick "$QUICK" --argjson runtime "$RUNTIME" --argjson ramp "$RAMP" \
-		--argjson repeat "$REPEAT" \
+		--argjson repeat "$REPEAT" --arg fio_cpus "$FIO_CPUS" \
 		--argjson nbd "$HAVE_NBD" --argjson vduse "$HAVE_VDUSE" \
 		--argjson cap_empty_4k "$CAP_EMPTY_4K" --argjson cap_empty_1m "$CAP_EMPTY_1M" \
 		--argjson cap_cow "$CAP_COW" --arg only "$ONLY" --argjson sparse "$SPARSE_SIZE" \
@@ -924,6 +928,7 @@ main() {
 		'{guest_kernel: $kernel, guest_cpu: $cpu, guest_ncpu: $ncpu, guest_mem_mib: $mem,
 		  device: $dev, device_kind: $devkind, scratch: $scratch, base: $base,
 		  fio: $fio, qemu: $qemu, quick: $quick, runtime: $runtime, ramp: $ramp, repeat: $repeat,
+		  fio_cpus: $fio_cpus,
 		  have_nbd: $nbd, have_vduse: $vduse, cap_empty_4k: $cap_empty_4k,
 		  cap_empty_1m: $cap_empty_1m, cap_cow: $cap_cow, kinds: $only, sparse_size: $sparse,
 		  dm_qcow2_version: $qcow2ver}')"

@@ -461,8 +461,9 @@ def main():
                      meta.get("guest_ncpu"), meta.get("guest_cpu"), meta.get("guest_mem_mib"))),
                  ("device", meta.get("device")),
                  ("tools", "%s, %s" % (meta.get("fio"), meta.get("qemu"))),
-                 ("mode", "%s: ramp %s s + %s s per steady point" % (
-                     "QUICK" if meta.get("quick") else "full", meta.get("ramp"), meta.get("runtime"))),
+                 ("mode", "%s: ramp %s s + %s s per steady point%s" % (
+                     "QUICK" if meta.get("quick") else "full", meta.get("ramp"), meta.get("runtime"),
+                     "; fio on guest CPUs %s only" % meta["fio_cpus"] if meta.get("fio_cpus") else "")),
                  ("host load (1-min avg) during the run", "min %s, mean %s, max %s (%d samples)%s" % (
                      res["host_load_1min"]["min"],
                      "%.2f" % res["host_load_1min"]["mean"] if loads else None,

@@ -18,6 +18,8 @@
 #   BENCH_REPEAT    runs of raw and dm-qcow2 for (a)'s 4k points, alternating;
 #                   the report shows medians and the spread of the ratios
 #                   (default 3; QUICK: 1)
+#   BENCH_FIO_CPUS  if set, fio runs on these guest CPUs only (its
+#                   --cpus_allowed, e.g. 0), for every backend (default: any)
 #   BENCH_OUT       output directory (default results/bench-<date>-<kver>)
 #   BENCH_MAX_LOAD  if set, first wait (at most BENCH_WAIT_MAX s, default
 #                   1800) until the host's 1-minute load average is below it;
@@ -60,7 +62,7 @@ if [ -n "${MAKELEVEL:-}" ]; then
 else
 	cmd="tools/bench/bench.sh"
 fi
-for v in QUICK KVER BENCH_DEV BENCH_ONLY BENCH_RUNTIME BENCH_RAMP BENCH_REPEAT BENCH_MAX_LOAD; do
+for v in QUICK KVER BENCH_DEV BENCH_ONLY BENCH_RUNTIME BENCH_RAMP BENCH_REPEAT BENCH_FIO_CPUS BENCH_MAX_LOAD; do
 	[ -n "${!v:-}" ] && cmd="$v=${!v} $cmd"
 done
 
@@ -110,7 +112,7 @@ vm_args=(--kver "$kver" --module "$module" --mem 3072 --cpus 2 --log "$out/vm"
 	 --timeout "$([ "$quick" = 1 ] && echo 1800 || echo 4200)"
 	 --env "BENCH_QUICK=$quick" --env "BENCH_DEV=$devkind" --env "BENCH_WORK=$work")
 [ "$devkind" = virtio ] && vm_args+=(--disk 1100G --disk 4G)
-for v in BENCH_ONLY BENCH_RUNTIME BENCH_RAMP BENCH_REPEAT; do
+for v in BENCH_ONLY BENCH_RUNTIME BENCH_RAMP BENCH_REPEAT BENCH_FIO_CPUS; do
 	[ -n "${!v:-}" ] && vm_args+=(--env "$v=${!v}")
 done
 
