@@ -23,11 +23,16 @@ if [ -n "$record_dir" ] && mkdir -p "$record_dir"; then
 	find "$record_dir" -name '*.txt' | sort | head -n -20 | xargs -r rm -f
 fi
 
+# say LINE: print LINE and keep it in the record
+say() {
+	echo "$1" | tee -a "$record"
+}
+
 run_part() {
 	local name=$1 log line rc t0 failed_before=$fail
 	shift
 	t0=$(date +%s)
-	echo "## $name (make check at $((t0 - start)) s)" | tee -a "$record"
+	say "## $name (make check at $((t0 - start)) s)"
 	log=$(mktemp)
 	"$@" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
@@ -36,7 +41,7 @@ run_part() {
 	rm -f "$log"
 	add_counts "$line"
 	if [ "$rc" != 0 ] && [ "$fail" = "$failed_before" ]; then
-		echo "not ok - $name exited with status $rc" | tee -a "$record"
+		say "not ok - $name exited with status $rc"
 		fail=$((fail + 1))
 	fi
 	echo "   $(($(date +%s) - t0)) s, status $rc: ${line:-no summary line}" >> "$record"
@@ -82,9 +87,10 @@ run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 # (default 4800: the CI's 90 minutes less the bench smoke test after this
 # part and a margin), so that a debug kernel that is slow rather than
 # stuck fails its part instead of the whole CI by its limit.  It runs
-# before the smoke test, whose length hardly varies (267-335 s): on
-# 2026-12-06 the VMs ended at 3578 s and the smoke test at 3845 s, 55 s
-# inside the guard; make check took 4391 s, the CI 73 minutes.
+# before the smoke test, whose length hardly varies (267-335 s).  In a CI
+# run of 2026-12-06 (git eb8a268) the VMs ended at 3468 s, 432 s inside the
+# guard; this part took 656 s, the smoke test 279 s, make check 4403 s and
+# the CI 73 minutes.
 day=$((10#$(date +%j)))
 if [ $((day % 2)) = 0 ]; then
 	debug_tests="test_write_diff.sh test_write_batch.sh test_cache_shrink.sh"
@@ -93,8 +99,8 @@ else
 fi
 elapsed=$(($(date +%s) - start))
 if [ "$elapsed" -gt "${CHECK_DEBUG_AFTER:-3900}" ]; then
-	echo "## write paths on the debug kernel (make check at $elapsed s)" | tee -a "$record"
-	echo "ok - debug kernel part # SKIP make check has run $elapsed s (over ${CHECK_DEBUG_AFTER:-3900})" | tee -a "$record"
+	say "## write paths on the debug kernel (make check at $elapsed s)"
+	say "ok - debug kernel part # SKIP make check has run $elapsed s (over ${CHECK_DEBUG_AFTER:-3900})"
 	skip=$((skip + 1))
 else
 	debug_timeout=$((${CHECK_DEBUG_END:-4800} - elapsed - 200))
@@ -109,6 +115,6 @@ fi
 # number; no assertion on any timing or ratio (about 5 minutes).
 run_part "make bench smoke test (QUICK)" tools/bench/bench-smoke.sh
 
-echo "# make check took $(($(date +%s) - start)) s on kernels: $*" | tee -a "$record"
-echo "$pass passed, $fail failed, $skip skipped" | tee -a "$record"
+say "# make check took $(($(date +%s) - start)) s on kernels: $*"
+say "$pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]
