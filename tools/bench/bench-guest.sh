@@ -18,7 +18,8 @@
 #   (with (b) and (c): raw doing the device I/O of one such write without
 #   extended L2, its floor; see kind_floor)
 #   compressed  (d) zlib-compressed image (made on the host), reads
-#   chain       (e) 1, 16, 256 layers, data in the bottom layer (the (a) image)
+#   chain       (e) 1, 16, 256 layers, data in the bottom layer (the (a) image),
+#                   each measured alternately with raw (REPEAT times)
 #   sparse      (f) 1 TiB, preallocation=metadata (128 MiB of L2 tables),
 #                   4k random reads over all of it, dm-qcow2 cache_size curve
 #   open        (g) dmsetup create time and open_reads vs qemu-img info reads
@@ -31,7 +32,7 @@
 # Environment (set by bench.sh with run-vm.sh --env):
 #   BENCH_QUICK=1       short points, a subset of workloads (CI smoke)
 #   BENCH_RUNTIME/BENCH_RAMP  seconds per fio point (default 15/2, quick 3/1)
-#   BENCH_REPEAT        (a)'s 4k points: raw and dm-qcow2 this many times,
+#   BENCH_REPEAT        (a)'s 4k points and (e): raw and dm-qcow2 this many times,
 #                       alternating (default 3, quick 1)
 #   BENCH_DEV           nullblk (default) or virtio (the --disk disks)
 #   BENCH_WORK          host directory (read-only here) with compressed.qcow2
@@ -564,18 +565,22 @@ make_base() {
 	BASE_READY=1
 }
 
+# raw must not write over the image: it maps the scratch device, whose
+# first SIZE bytes are written once, so that raw reads and overwrites data
+# like the image kinds do.
+fill_raw_region() {
+	scratch_reset
+	fio --name=fill --filename="$SCRATCH" --direct=1 --ioengine=libaio --rw=write --bs=1M \
+		--iodepth=4 --size="$SIZE" --eta=never --output=/dev/null || note "filling the raw region failed"
+}
+
 kind_prealloc() {
 	local wl be dev reps wls=(rr1 rr32 rw1 rw32 sr sw)
 	[ "$QUICK" = 1 ] && wls=(rr32 rw32 sr)
 	for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
 		backend_ok "$be" && plan prealloc 64k "$wl" "$be"
 	done; done
-	# raw must not write over the image: it maps the scratch device, whose
-	# first SIZE bytes are written once, so that raw reads and overwrites
-	# data like the image kinds do.
-	scratch_reset
-	fio --name=fill --filename="$SCRATCH" --direct=1 --ioengine=libaio --rw=write --bs=1M \
-		--iodepth=4 --size="$SIZE" --eta=never --output=/dev/null || note "filling the raw region failed"
+	fill_raw_region
 	# The 4k points decide the "95% of raw" question, which is within the
 	# noise of one run on this host: raw and dm-qcow2 run REPEAT times,
 	# alternating, and the report takes medians (and the ratio of each
@@ -810,14 +815,31 @@ measure_open_linear() {
 # ---------------------------------------------------------------------------
 # (e) chains of 1, 16, 256 layers; the bottom is the (a) image, the others
 # empty overlays in guest tmpfs files on read-only loop devices.  All
-# backends map the chain read-only.
+# backends map the chain read-only.  The target compares chains measured
+# minutes apart, on a host whose speed moves more than the difference
+# sought: raw (over the scratch device, written as for (a)) and dm-qcow2
+# run REPEAT times, alternating, next to each chain, so that each chain has
+# a raw of its own to be divided by.
+
+# chain_point N WL BE TOP [BACKING...]: one point of a chain, attached for it
+chain_point() {
+	local n=$1 wl=$2 be=$3
+	shift 3
+	if attach "$be" ro "$SIZE" "$@"; then
+		point chain "$n" "$wl" "$be" "$SIZE" steady
+		detach "$be"
+	else
+		failed chain "$n" "$wl" "$be" "attach failed"
+	fi
+}
 
 kind_chain() {
 	local n wl be top loops wls=(rr1 rr32) lens=(1 16 256) backing
 	[ "$QUICK" = 1 ] && { wls=(rr32); lens=(16); }
-	for n in "${lens[@]}"; do for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+	for n in "${lens[@]}"; do for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
 		backend_ok "$be" && plan chain "$n" "$wl" "$be"
 	done; done; done
+	fill_raw_region
 	for n in "${lens[@]}"; do
 		CHAIN_LOOPS=()
 		if [ "$n" -gt 1 ]; then
@@ -831,7 +853,7 @@ kind_chain() {
 			CHAIN_LOOPS=($loops)
 		fi
 		if [ ${#CHAIN_LOOPS[@]} -ne $((n - 1)) ]; then
-			for wl in "${wls[@]}"; do for be in qcow2 nbd vduse; do
+			for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
 				backend_ok "$be" && failed chain "$n" "$wl" "$be" "chain build failed"
 			done; done
 			continue
@@ -840,21 +862,21 @@ kind_chain() {
 		backing=("${CHAIN_LOOPS[@]:1}")
 		[ "$n" -gt 1 ] && backing+=("$BASE")
 		measure_open "chain of $n layers (1 GiB, data in the bottom layer)" "$SIZE" "$top" "${backing[@]}"
-		for be in qcow2 nbd vduse; do
-			backend_ok "$be" || continue
-			if attach "$be" ro "$SIZE" "$top" "${backing[@]}"; then
-				for wl in "${wls[@]}"; do
-					point chain "$n" "$wl" "$be" "$SIZE" steady
-				done
-				detach "$be"
-			else
-				for wl in "${wls[@]}"; do failed chain "$n" "$wl" "$be" "attach failed"; done
-			fi
+		for wl in "${wls[@]}"; do
+			for ((REP = 1; REP <= REPEAT; REP++)); do
+				chain_point "$n" "$wl" raw "$SCRATCH"
+				chain_point "$n" "$wl" qcow2 "$top" "${backing[@]}"
+			done
+			REP=1
+			for be in nbd vduse; do
+				backend_ok "$be" && chain_point "$n" "$wl" "$be" "$top" "${backing[@]}"
+			done
 		done
 		[ ${#CHAIN_LOOPS[@]} -gt 0 ] && "$HERE/bench-chain.py" detach "${CHAIN_LOOPS[@]}"
 		CHAIN_LOOPS=()
 		rm -rf "$TMP/chain"
 	done
+	scratch_reset
 }
 
 # ---------------------------------------------------------------------------

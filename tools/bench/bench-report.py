@@ -265,6 +265,29 @@ def floor_rows(rows, points):
     return out
 
 
+def chain_rows(rows):
+    """(e): each longer chain against the chain of 1 layer, per workload.
+
+    "direct" divides the medians of dm-qcow2; "through raw" divides each
+    chain's dm-qcow2:raw (each chain measured next to a raw of its own), so
+    that a change of the host's speed between the chains cancels out.
+    """
+    by = {(r["variant"], r["workload"]): r for r in rows if r["kind"] == "chain"}
+    out = []
+    for (n, wl), r in sorted(by.items(), key=lambda x: (int(x[0][0]), WL_ORDER.index(x[0][1])
+                                                       if x[0][1] in WL_ORDER else 99)):
+        one = by.get(("1", wl))
+        if n == "1" or not one:
+            continue
+        q, q1 = r["values"]["qcow2"], one["values"]["qcow2"]
+        rr, rr1 = r["qcow2_raw"], one["qcow2_raw"]
+        out.append({"layers": int(n), "workload": wl, "workload_label": r["workload_label"],
+                    "direct": q / q1 if q and q1 else None,
+                    "through_raw": rr / rr1 if rr and rr1 and not r["raw_from"] and
+                    not one["raw_from"] else None})
+    return out
+
+
 def default_cache_size(p):
     """The bound the target chose without cache_size: its slots are 4 KiB
     pages (8 MiB before version 1.3.0, which sizes it to the metadata)."""
@@ -426,13 +449,14 @@ def main():
     missing = [p for p in log["plan"] if key(p) not in have]
     rows = build_rows(points)
     floors = floor_rows(rows, points)
+    chains = chain_rows(rows)
     c, refs = curve(points)
 
     res = {"host": host, "guest": meta, "host_load_1min": {
                "samples": len(loads), "min": min(loads) if loads else None,
                "max": max(loads) if loads else None,
                "mean": sum(loads) / len(loads) if loads else None},
-           "done": log["done"], "rows": rows, "floors": floors, "cache_curve": c, "cache_curve_refs": refs,
+           "done": log["done"], "rows": rows, "floors": floors, "chains": chains, "cache_curve": c, "cache_curve_refs": refs,
            "open": log["open"], "notes": log["notes"], "plan": log["plan"],
            "missing": missing, "points": points}
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -498,7 +522,8 @@ def main():
     md.append("raw is dm-linear over the scratch device (the same kind of device as the image's): "
               "for (a) over its first 1 GiB, written once before, so that raw reads and overwrites data "
               "as the image does; for (b) over unwritten (discarded) space; for (f) over the %s image's "
-              "device, reading.  † raw measured once per workload, with (a) (for (b) with extended L2: with "
+              "device, reading; for (e) over the first 1 GiB written as for (a), next to each chain.  "
+              "† raw measured once per workload, with (a) (for (b) with extended L2: with "
               "(b)): the image kind does not change what raw does." % ssz)
     md.append("")
     if any(f["floor"] for f in floors):
@@ -528,6 +553,22 @@ def main():
                   "in which case only 4 KiB are written per write, or reading backing clusters "
                   "while earlier copies are written); a backend that does this I/O one write at a "
                   "time cannot beat qemu-nbd by more than the rate here divided by qemu-nbd's.")
+        md.append("")
+    if chains:
+        md.append("### (e) chains against the chain of 1 layer (dm-qcow2)")
+        md.append("")
+        md.append("| workload | layers | direct | through raw |")
+        md.append("|---|--:|--:|--:|")
+        for x in chains:
+            md.append("| %s | %d | %s | %s |" % (x["workload_label"], x["layers"],
+                                                fmt_ratio(x["direct"]), fmt_ratio(x["through_raw"])))
+        md.append("")
+        md.append("direct: dm-qcow2's IOPS on the chain over its IOPS on the chain of 1 layer, "
+                  "measured minutes apart.  through raw: the chain's dm-qcow2:raw over the "
+                  "1-layer chain's dm-qcow2:raw, each chain measured alternately with raw "
+                  "(dm-linear over the scratch device's written first 1 GiB) next to it, so that "
+                  "the host's speed between the chains cancels out (to the extent that it moves "
+                  "raw and dm-qcow2 alike).")
         md.append("")
     if have_curve:
         md.append("### (f) dm-qcow2 cache_size curve: %s image, 4k randread QD32" % ssz)

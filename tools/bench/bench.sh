@@ -15,7 +15,7 @@
 #                   compressed chain sparse open)
 #   BENCH_RUNTIME, BENCH_RAMP   seconds per steady fio point (default 15 and 2;
 #                   QUICK: 3 and 1)
-#   BENCH_REPEAT    runs of raw and dm-qcow2 for (a)'s 4k points, alternating;
+#   BENCH_REPEAT    runs of raw and dm-qcow2 for (a)'s 4k points and (e), alternating;
 #                   the report shows medians and the spread of the ratios
 #                   (default 3; QUICK: 1)
 #   BENCH_FIO_CPUS  if set, fio runs on these guest CPUs only (its
