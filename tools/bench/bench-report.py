@@ -272,11 +272,12 @@ def chain_rows(rows):
     chain's dm-qcow2:raw (each chain measured next to a raw of its own), so
     that a change of the host's speed between the chains cancels out.
     """
-    by = {(r["variant"], r["workload"]): r for r in rows if r["kind"] == "chain"}
+    chain = [r for r in rows if r["kind"] == "chain"]	# in build_rows' order
+    ones = {r["workload"]: r for r in chain if r["variant"] == "1"}
     out = []
-    for (n, wl), r in sorted(by.items(), key=lambda x: (int(x[0][0]), WL_ORDER.index(x[0][1])
-                                                       if x[0][1] in WL_ORDER else 99)):
-        one = by.get(("1", wl))
+    for r in chain:
+        n, wl = r["variant"], r["workload"]
+        one = ones.get(wl)
         if n == "1" or not one:
             continue
         q, q1 = r["values"]["qcow2"], one["values"]["qcow2"]
