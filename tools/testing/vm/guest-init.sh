@@ -112,6 +112,21 @@ _start_udev()
 	return 0
 }
 
+# The line that splits the kernel log for run-vm.sh: a kernel report
+# before it came from booting, before the module under test was loaded and
+# the command started, and run-vm.sh boots once more (a TCG text-patching
+# oops has been seen there).  At KERN_CRIT, so that the console, which
+# keeps what the log copy on ttyS2 loses in a panic, has it too.  With
+# --inject-boot-report N, boots 1..N log a fake oops line before it.
+_boot_mark()
+{
+	if [ "${RUNVM_BOOT}" -le "${RUNVM_INJECT_BOOT_REPORT}" ]; then
+		_msg "injecting a boot-time report (boot ${RUNVM_BOOT})"
+		echo "<2>Oops: run-vm-inject-boot-report (injected by run-vm --inject-boot-report, boot ${RUNVM_BOOT})" >/dev/kmsg
+	fi
+	echo "<2>run-vm: ${RUNVM_TOKEN} booted" >/dev/kmsg
+}
+
 _load_module()
 {
 	local out
@@ -231,6 +246,7 @@ _main()
 	# written to /dev/kmsg are never rate-limited away.
 	_start_kmsg_follow
 	_start_udev
+	_boot_mark
 	_load_module
 	_find_disks
 	_kmemleak_before

@@ -8,7 +8,8 @@
 #   run-vm.sh --kver KVER [--module PATH.ko] [--disk SIZE]... [--mem MiB]
 #             [--cpus N] [--timeout SEC] [--log DIR] [--env VAR=VALUE]...
 #             [--kernel IMAGE] [--append PARAMS]
-#             [--inject-warn] [--verbose] -- COMMAND [ARGS...]
+#             [--inject-warn] [--inject-boot-report N] [--verbose]
+#             -- COMMAND [ARGS...]
 #
 # The guest:
 #   - boots /boot/vmlinuz-KVER with a small busybox initramfs (built by this
@@ -51,6 +52,12 @@
 #           report, even if COMMAND succeeded.  The lines are printed with a
 #           "run-vm: kernel report:" prefix.  Takes precedence over 124, as a
 #           hang caused by an oops is best reported as the oops.
+#           A report that came before the guest loaded the module and
+#           started COMMAND (no module code had run: it is the kernel's or
+#           the emulator's) is printed as "run-vm: boot-time kernel report:"
+#           and the guest is booted once more, from scratch, saying
+#           "run-vm: booting again" (boot 1's logs go to DIR/boot1 with
+#           --log); 125 when boot 2 has a report too.
 #   126     infrastructure failure: no kernel image, the module does not match
 #           KVER or did not load, the guest did not boot or did not report a
 #           status (see console.log)
@@ -69,7 +76,10 @@
 # --inject-warn makes the guest log a kernel warning after COMMAND, to test
 # that the report detector works (see _inject_warn in guest-init.sh: LKDTM
 # when available, otherwise a WARN-format line written to /dev/kmsg, as the
-# Debian kernels have no LKDTM).
+# Debian kernels have no LKDTM).  --inject-boot-report N makes boots 1..N
+# log a fake oops line before the module is loaded (see _boot_mark in
+# guest-init.sh), to test the boot-again path: 1 boots again and then runs
+# COMMAND, 2 ends in 125.
 #
 # Acceleration: TCG by default.  KVM is used only when QCOW2_VM_KVM=1 and
 # /dev/kvm is usable (KVM guests hang on some hosts).
@@ -96,6 +106,7 @@ opt_timeout=1200
 opt_log=""
 opt_env=()
 opt_inject_warn=0
+opt_inject_boot=0
 opt_verbose=0
 cmd=()
 
@@ -175,6 +186,7 @@ _parse_args()
 		--log) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_log=$2; shift 2 ;;
 		--env) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_env+=("$2"); shift 2 ;;
 		--inject-warn) opt_inject_warn=1; shift ;;
+		--inject-boot-report) [ $# -ge 2 ] || _usage_err "$1 needs a value"; opt_inject_boot=$2; shift 2 ;;
 		--verbose|-v) opt_verbose=1; shift ;;
 		-h|--help) _usage; exit 0 ;;
 		--) shift; cmd=("$@"); break ;;
@@ -187,6 +199,7 @@ _parse_args()
 	[[ "${opt_mem}" =~ ^[0-9]+$ ]] || _usage_err "--mem wants MiB"
 	[[ "${opt_cpus}" =~ ^[1-9][0-9]*$ ]] || _usage_err "--cpus wants a number"
 	[[ "${opt_timeout}" =~ ^[1-9][0-9]*$ ]] || _usage_err "--timeout wants seconds"
+	[[ "${opt_inject_boot}" =~ ^[0-9]$ ]] || _usage_err "--inject-boot-report wants a number of boots"
 	local e
 	for e in "${opt_env[@]}"; do
 		[[ "${e}" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || _usage_err "--env wants VAR=VALUE, got '${e}'"
@@ -408,6 +421,8 @@ _build_spec()
 		printf 'RUNVM_MODULE=%q\n' "${MODULE_NAME}"
 		printf 'RUNVM_NDISKS=%d\n' "${#opt_disks[@]}"
 		printf 'RUNVM_INJECT_WARN=%d\n' "${opt_inject_warn}"
+		printf 'RUNVM_BOOT=%d\n' "${BOOT}"
+		printf 'RUNVM_INJECT_BOOT_REPORT=%d\n' "${opt_inject_boot}"
 		printf 'RUNVM_CMD=('
 		printf ' %q' "${cmd[@]}"
 		printf ' )\n'
@@ -443,6 +458,7 @@ _qemu_cmdline()
 	# fork, and TCG once let the other vCPU run into the int3 of that text
 	# patch: "Oops: int3" in get_random_u64(), a kernel panic unrelated
 	# to the module.  Seeded early, the flip happens before SMP.
+	# shellcheck disable=SC2054 # a qemu option value
 	cpu=(-cpu qemu64,+rdrand)
 
 	if [ "${QCOW2_VM_KVM:-0}" = 1 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
@@ -506,6 +522,22 @@ _kernel_reports()
 	} | grep -aE "${KERNEL_REPORT_RE}" | awk '!seen[$0]++'
 }
 
+# The kernel report lines logged after the guest's boot mark (_boot_mark in
+# guest-init.sh: the module is loaded and COMMAND started after it).  Each
+# copy of the log is in log order, so all of a copy without the mark came
+# before it.
+_reports_after_mark()
+{
+	local mark="run-vm: ${TOKEN} booted"
+
+	{
+		tr -d '\r' <"${LOGDIR}/dmesg.log" 2>/dev/null |
+			awk -v m="${mark}" 'after; index($0, m) { after = 1 }'
+		tr -d '\r' <"${LOGDIR}/console.log" 2>/dev/null | grep -a '^\[ *[0-9]*\.[0-9]*\]' |
+			awk -v m="${mark}" 'after; index($0, m) { after = 1 }'
+	} | grep -aE "${KERNEL_REPORT_RE}"
+}
+
 _run()
 {
 	local start end rc status reports timed_out=0
@@ -546,6 +578,11 @@ _run()
 	fi
 	reports=$(_kernel_reports)
 
+	if [ -n "${reports}" ] && [ "${BOOT}" = 1 ] && [ -z "$(_reports_after_mark)" ]; then
+		printf 'run-vm: boot-time kernel report: %s\n' "${reports}" >&2
+		BOOT_AGAIN=1
+		return 125
+	fi
 	if [ -n "${reports}" ]; then
 		printf 'run-vm: kernel report: %s\n' "${reports}" >&2
 		[ "${timed_out}" = 1 ] && _err "also: timed out after ${opt_timeout} s"
@@ -575,6 +612,8 @@ _run()
 
 _main()
 {
+	local rc
+
 	_parse_args "$@"
 	_check_host
 	trap _cleanup EXIT
@@ -584,10 +623,24 @@ _main()
 	RUNDIR=$(mktemp -d /dev/shm/run-vm.XXXXXX 2>/dev/null ||
 		mktemp -d "${TMPDIR:-/tmp}/run-vm.XXXXXX") || exit 126
 	_create_disks
-	_build_spec
 	_setup_logs
+	BOOT=1
+	BOOT_AGAIN=0
+	_build_spec
 	_qemu_cmdline
 	_info "qemu command line: ${QEMU[*]}"
+	_run
+	rc=$?
+	[ "${BOOT_AGAIN}" = 1 ] || return "${rc}"
+	# Boot 1 cannot have touched the disks: nothing opened them for writing
+	# before the mark.
+	echo "run-vm: booting again: the kernel reported the lines above before" \
+		"the module was loaded and the command started" >&2
+	mkdir -p "${LOGDIR}/boot1" &&
+		mv "${LOGDIR}"/{console,output,dmesg}.log "${LOGDIR}/boot1/" 2>/dev/null
+	BOOT=2
+	rm -f "${RUNDIR}/status"
+	_build_spec
 	_run
 }
 

@@ -3,13 +3,14 @@
 #
 # selftest-runner-check.sh - check that run-vm.sh reports what happened in
 # the guest: the command's exit status, a timeout, and a kernel warning
-# (which must fail a run even when the command succeeds).
+# (which must fail a run even when the command succeeds), and a kernel report
+# before the command started, which boots the guest once more.
 #
 # Usage: selftest-runner-check.sh [[--kver] KVER]
 #
 # KVER defaults to the first kernel printed by tools/testing/kvers.sh, else
 # the newest /boot/vmlinuz-*.  Prints TAP; exits 1 if any check fails.
-# Takes about 5 x 7 s under TCG.
+# Takes about 9 x 7 s under TCG.
 
 set -u
 
@@ -40,22 +41,28 @@ trap 'rm -rf "${work}"' EXIT
 n=0
 nfail=0
 
-# check DESC EXPECTED_STATUS [STDERR_ERE] -- RUN-VM ARGS...
+# check DESC EXPECTED_STATUS STDERR_ERE NOT_STDERR_ERE -- RUN-VM ARGS...
+# (either ERE may be empty)
 check()
 {
-	local desc=$1 want=$2 pat=$3 rc start secs ok=1 log
+	local desc=$1 want=$2 pat=$3 nopat=$4 rc start secs ok=1 log boots=""
 
-	shift 4
+	shift 5
 	n=$((n + 1))
 	log=${work}/${n}
 	start=${SECONDS}
 	"${RUN_VM}" --kver "${kver}" --log "${log}" "$@" >"${log}.out" 2>"${log}.err"
 	rc=$?
 	secs=$((SECONDS - start))
-	echo "# run-vm.sh $*: exit ${rc} after ${secs} s"
+	grep -q '^run-vm: booting again' "${log}.err" && boots=" (booted twice)"
+	echo "# run-vm.sh $*: exit ${rc} after ${secs} s${boots}"
 	[ "${rc}" -eq "${want}" ] || ok=0
 	if [ -n "${pat}" ] && ! grep -Eq -- "${pat}" "${log}.err"; then
 		echo "# stderr has no line matching '${pat}'"
+		ok=0
+	fi
+	if [ -n "${nopat}" ] && grep -Eq -- "${nopat}" "${log}.err"; then
+		echo "# stderr has a line matching '${nopat}'"
 		ok=0
 	fi
 	if [ "${ok}" = 1 ]; then
@@ -70,13 +77,17 @@ check()
 
 echo "TAP version 13"
 echo "# kernel ${kver}"
-echo "1..5"
-check "a command that succeeds: exit 0" 0 "" -- -- true
-check "a command that fails: exit 1" 1 "" -- -- false
-check "the exit status is passed through: exit 7" 7 "" -- -- sh -c 'exit 7'
-check "a kernel WARNING after a successful command: exit 125" 125 \
-	'^run-vm: kernel report: .*WARNING:' -- --inject-warn -- true
-check "a guest that runs too long: exit 124" 124 'timeout' -- --timeout 5 -- sleep 100
+echo "1..7"
+check "a command that succeeds: exit 0" 0 "" "" -- -- true
+check "a command that fails: exit 1" 1 "" "" -- -- false
+check "the exit status is passed through: exit 7" 7 "" "" -- -- sh -c 'exit 7'
+check "a kernel WARNING after a successful command: exit 125, no second boot" 125 \
+	'^run-vm: kernel report: .*WARNING:' '^run-vm: booting again' -- --inject-warn -- true
+check "a guest that runs too long: exit 124" 124 'timeout' "" -- --timeout 5 -- sleep 100
+check "a kernel report before the command on boot 1 only: booted again, exit 7" 7 \
+	'^run-vm: booting again' '^run-vm: kernel report:' -- --inject-boot-report 1 -- sh -c 'exit 7'
+check "a kernel report before the command on both boots: exit 125" 125 \
+	'^run-vm: kernel report: .*run-vm-inject-boot-report' "" -- --inject-boot-report 2 -- true
 
 echo "# Totals: pass:$((n - nfail)) fail:${nfail} xfail:0 xpass:0 skip:0 error:0"
 echo "run-vm checks: $((n - nfail)) passed, ${nfail} failed"
