@@ -534,6 +534,20 @@ point() {
 		failed "$kind" "$variant" "$wl" "$be" "no fio output: $err"
 }
 
+# run_point KIND VARIANT WL BE ro|rw SIZE steady|alloc CAP DEVICE...: attach
+# BE over DEVICE... (SIZE bytes, also the point's region), run one point and
+# detach; an attach that fails is the point's failure (status 1)
+run_point() {
+	local kind=$1 v=$2 wl=$3 be=$4 amode=$5 size=$6 pmode=$7 cap=$8
+	shift 8
+	if ! attach "$be" "$amode" "$size" "$@"; then
+		failed "$kind" "$v" "$wl" "$be" "attach failed"
+		return 1
+	fi
+	point "$kind" "$v" "$wl" "$be" "$size" "$pmode" "$cap"
+	detach "$be"
+}
+
 # failed KIND VARIANT WL BACKEND WHY: a planned point without a number
 failed() {
 	emit POINT "$(jq -nc --arg k "$1" --arg v "$2" --arg w "$3" --arg b "$4" --arg e "$5" \
@@ -594,12 +608,7 @@ kind_prealloc() {
 				[ "$REP" -gt 1 ] && [ "$be" != raw ] && [ "$be" != qcow2 ] && continue
 				dev=$BASE
 				[ "$be" = raw ] && dev=$SCRATCH
-				if attach "$be" rw "$SIZE" "$dev"; then
-					point prealloc 64k "$wl" "$be" "$SIZE" steady
-					detach "$be"
-				else
-					failed prealloc 64k "$wl" "$be" "attach failed"
-				fi
+				run_point prealloc 64k "$wl" "$be" rw "$SIZE" steady 0 "$dev"
 			done
 		done
 	done
@@ -635,14 +644,9 @@ kind_empty() {
 					failed empty "$v" "$wl" "$be" "qemu-img create failed"
 					continue
 				fi
-				if attach "$be" rw "$EMPTY_SIZE" "$SCRATCH"; then
-					point empty "$v" "$wl" "$be" "$EMPTY_SIZE" alloc "$cap"
-					detach "$be"
+				run_point empty "$v" "$wl" "$be" rw "$EMPTY_SIZE" alloc "$cap" "$SCRATCH" &&
 					[ "$be" = qcow2 ] &&
-						CHECK_WHAT="empty-$v/$wl via dm-qcow2" check_image "$SCRATCH"
-				else
-					failed empty "$v" "$wl" "$be" "attach failed"
-				fi
+					CHECK_WHAT="empty-$v/$wl via dm-qcow2" check_image "$SCRATCH"
 			done
 		done
 	done
@@ -670,14 +674,10 @@ kind_overlay() {
 					failed overlay "$v" "$wl" "$be" "qemu-img create failed"
 					continue
 				fi
-				if attach "$be" rw "$SIZE" "$SCRATCH" "$BASE"; then
-					point overlay "$v" "$wl" "$be" "$SIZE" alloc "$CAP_COW"
-					detach "$be"
+				run_point overlay "$v" "$wl" "$be" rw "$SIZE" alloc "$CAP_COW" \
+						"$SCRATCH" "$BASE" &&
 					[ "$be" = qcow2 ] &&
-						CHECK_WHAT="overlay-$v/$wl via dm-qcow2" check_image "$SCRATCH"
-				else
-					failed overlay "$v" "$wl" "$be" "attach failed"
-				fi
+					CHECK_WHAT="overlay-$v/$wl via dm-qcow2" check_image "$SCRATCH"
 			done
 		done
 	done
@@ -703,12 +703,7 @@ kind_floor() {
 	for wl in "${wls[@]}"; do plan floor "$v" "$wl" raw; done
 	for wl in "${wls[@]}"; do
 		scratch_reset
-		if attach raw rw "$RESET_SIZE" "$SCRATCH"; then
-			point floor "$v" "$wl" raw "$RESET_SIZE" alloc "$cap"
-			detach raw
-		else
-			failed floor "$v" "$wl" raw "attach failed"
-		fi
+		run_point floor "$v" "$wl" raw rw "$RESET_SIZE" alloc "$cap" "$SCRATCH"
 	done
 	scratch_reset
 }
@@ -736,12 +731,7 @@ kind_compressed() {
 	for wl in "${wls[@]}"; do
 		for be in qcow2 nbd vduse; do
 			backend_ok "$be" || continue
-			if attach "$be" rw "$vsize" "$SCRATCH"; then
-				point compressed zlib "$wl" "$be" "$vsize" steady
-				detach "$be"
-			else
-				failed compressed zlib "$wl" "$be" "attach failed"
-			fi
+			run_point compressed zlib "$wl" "$be" rw "$vsize" steady 0 "$SCRATCH"
 		done
 	done
 	scratch_reset
@@ -821,18 +811,6 @@ measure_open_linear() {
 # run REPEAT times, alternating, next to each chain, so that each chain has
 # a raw of its own to be divided by.
 
-# chain_point N WL BE TOP [BACKING...]: one point of a chain, attached for it
-chain_point() {
-	local n=$1 wl=$2 be=$3
-	shift 3
-	if attach "$be" ro "$SIZE" "$@"; then
-		point chain "$n" "$wl" "$be" "$SIZE" steady
-		detach "$be"
-	else
-		failed chain "$n" "$wl" "$be" "attach failed"
-	fi
-}
-
 kind_chain() {
 	local n wl be top loops wls=(rr1 rr32) lens=(1 16 256) backing
 	[ "$QUICK" = 1 ] && { wls=(rr32); lens=(16); }
@@ -864,12 +842,13 @@ kind_chain() {
 		measure_open "chain of $n layers (1 GiB, data in the bottom layer)" "$SIZE" "$top" "${backing[@]}"
 		for wl in "${wls[@]}"; do
 			for ((REP = 1; REP <= REPEAT; REP++)); do
-				chain_point "$n" "$wl" raw "$SCRATCH"
-				chain_point "$n" "$wl" qcow2 "$top" "${backing[@]}"
+				run_point chain "$n" "$wl" raw ro "$SIZE" steady 0 "$SCRATCH"
+				run_point chain "$n" "$wl" qcow2 ro "$SIZE" steady 0 "$top" "${backing[@]}"
 			done
 			REP=1
 			for be in nbd vduse; do
-				backend_ok "$be" && chain_point "$n" "$wl" "$be" "$top" "${backing[@]}"
+				backend_ok "$be" &&
+					run_point chain "$n" "$wl" "$be" ro "$SIZE" steady 0 "$top" "${backing[@]}"
 			done
 		done
 		[ ${#CHAIN_LOOPS[@]} -gt 0 ] && "$HERE/bench-chain.py" detach "${CHAIN_LOOPS[@]}"
@@ -900,20 +879,11 @@ kind_sparse() {
 		"$SPARSE_SIZE" "$SCRATCH"
 	for be in "${BACKENDS[@]}"; do
 		backend_ok "$be" || continue
-		if attach "$be" rw "$SPARSE_SIZE" "$SCRATCH"; then
-			point sparse default "$wl" "$be" "$SPARSE_SIZE" steady
-			detach "$be"
-		else
-			failed sparse default "$wl" "$be" "attach failed"
-		fi
+		run_point sparse default "$wl" "$be" rw "$SPARSE_SIZE" steady 0 "$SCRATCH"
 	done
 	for cs in "${sizes[@]}"; do
-		if CACHE_SIZE=$cs attach qcow2 rw "$SPARSE_SIZE" "$SCRATCH"; then
-			point sparse "cache$cs" "$wl" qcow2 "$SPARSE_SIZE" steady
-			detach qcow2
-		else
-			failed sparse "cache$cs" "$wl" qcow2 "attach failed"
-		fi
+		CACHE_SIZE=$cs run_point sparse "cache$cs" "$wl" qcow2 rw "$SPARSE_SIZE" steady 0 \
+			"$SCRATCH"
 	done
 }
 
