@@ -40,9 +40,12 @@ struct qcow2_slice {
 	u64 offset;		/* byte offset of the slice on the layer's device */
 	unsigned int pins;
 	unsigned int group;	/* writeback group while dirty */
+	unsigned int gen;	/* bumped each time it is marked dirty */
+	unsigned int wb_gen;	/* gen when taken for writeback */
 	unsigned long flags;
 	blk_status_t wb_status;	/* result of the last writeback */
 	struct page *page;
+	struct page *copy;	/* what writeback writes, if not @page */
 };
 
 struct qcow2_cache {
@@ -441,12 +444,15 @@ void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
 
 /*
  * Mark a pinned slice dirty for writeback group @group (lower groups are
- * written first at commit).  Dirty slices are not evicted.
+ * written first at commit).  Dirty slices are not evicted.  A slice changed
+ * while a copy of it is written stays dirty (see qcow2_cache_wb_take()):
+ * call this for every change, in the update that makes it.
  */
 void qcow2_slice_mark_dirty(struct qcow2_cache *c, struct qcow2_slice *s,
 			    unsigned int group)
 {
 	spin_lock(&c->lock);
+	s->gen++;
 	if (!test_and_set_bit(QCOW2_SLICE_DIRTY, &s->flags)) {
 		s->group = group;
 		list_add_tail(&s->lru, &c->dirty);
@@ -552,49 +558,128 @@ static int qcow2_wb_cmp(void *priv, const struct list_head *a,
 }
 
 /*
- * Write back every dirty slice of group @group.  The writes are submitted
- * together, in offset order, and waited for at once, so a commit costs one
- * device round trip per group rather than one per slice, and the slices of
- * one L2 or refcount table that are dirty together go as one request.  The
- * caller excludes concurrent modification and orders the groups.  Returns
- * the number of slices written or the first error; failed slices stay dirty.
+ * Give taken slices back: dirty unless @written without error and not marked
+ * dirty since they were taken.  Returns the number written or the first
+ * error.
  */
-int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
+static int qcow2_wb_give_back(struct qcow2_cache *c, struct qcow2_wb_set *set,
+			      bool written)
 {
 	struct qcow2_slice *s, *tmp;
-	struct qcow2_wb_bio *wbbs;
-	struct qcow2_wb wb;
-	struct blk_plug plug;
-	LIST_HEAD(batch);
-	unsigned int nr = 0, i = 0;
 	int err = 0, n = 0;
 
+	list_for_each_entry_safe(s, tmp, &set->slices, lru) {
+		int r = written ? blk_status_to_errno(s->wb_status) : -EAGAIN;
+
+		if (written && r)
+			DMERR_LIMIT("%s: metadata write at %llu failed: %d",
+				    qcow2_dev_name(c->qt), s->offset, r);
+		if (s->copy) {
+			__free_page(s->copy);
+			s->copy = NULL;
+		}
+		spin_lock(&c->lock);
+		if (!r && s->gen != s->wb_gen)
+			qcow2_count(c->qt, QCOW2_STAT_COMMIT_REDIRTIED);
+		if (r || s->gen != s->wb_gen) {
+			list_move_tail(&s->lru, &c->dirty);
+		} else {
+			clear_bit(QCOW2_SLICE_DIRTY, &s->flags);
+			c->nr_dirty--;
+			list_del_init(&s->lru);
+		}
+		spin_unlock(&c->lock);
+		if (r)
+			err = err ?: r;
+		else
+			n++;
+		qcow2_slice_put(c, s);
+	}
+	INIT_LIST_HEAD(&set->slices);
+	set->nr = 0;
+	return err ?: n;
+}
+
+/* Give back taken slices unwritten: they stay dirty. */
+void qcow2_cache_wb_cancel(struct qcow2_cache *c, struct qcow2_wb_set *set)
+{
+	qcow2_wb_give_back(c, set, false);
+}
+
+/*
+ * Take every dirty slice of group @group for writeback into @set, pinned and
+ * off the dirty list.  With @copy, each gets a copy of its page as it is
+ * now, and the caller may let updates change the slices while the copies are
+ * written: a slice marked dirty after this stays dirty when its copy is
+ * written.  The caller excludes updates during this call.  Returns -ENOMEM,
+ * taking nothing, if a copy cannot be made.
+ */
+int qcow2_cache_wb_take(struct qcow2_cache *c, unsigned int group, bool copy,
+			struct qcow2_wb_set *set)
+{
+	struct qcow2_slice *s, *tmp;
+
+	INIT_LIST_HEAD(&set->slices);
+	set->nr = 0;
 	spin_lock(&c->lock);
 	list_for_each_entry_safe(s, tmp, &c->dirty, lru) {
 		if (s->group != group)
 			continue;
 		s->pins++;
-		list_move_tail(&s->lru, &batch);
-		nr++;
+		s->wb_gen = s->gen;
+		s->wb_status = BLK_STS_OK;
+		list_move_tail(&s->lru, &set->slices);
+		set->nr++;
 	}
 	spin_unlock(&c->lock);
-	if (!nr)
+	if (!copy)
 		return 0;
-	list_sort(NULL, &batch, qcow2_wb_cmp);
+	list_for_each_entry(s, &set->slices, lru) {
+		s->copy = alloc_page(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN);
+		if (!s->copy) {
+			qcow2_cache_wb_cancel(c, set);
+			return -ENOMEM;
+		}
+		memcpy(page_address(s->copy), page_address(s->page),
+		       1U << s->layer->slice_bits);
+	}
+	return 0;
+}
 
-	wbbs = kvcalloc(nr, sizeof(*wbbs), GFP_NOIO);
+/*
+ * Write the slices of @set (their copies, if taken with them), submitted
+ * together, in offset order, and waited for at once, so that a commit costs
+ * one device round trip per group rather than one per slice, and the slices
+ * of one L2 or refcount table that are dirty together go as one request.
+ * Then give them back.  Returns the number of slices written or the first
+ * error; failed slices stay dirty.
+ */
+int qcow2_cache_wb_write(struct qcow2_cache *c, struct qcow2_wb_set *set)
+{
+	struct qcow2_slice *s;
+	struct qcow2_wb_bio *wbbs;
+	struct qcow2_wb wb;
+	struct blk_plug plug;
+	unsigned int i = 0;
+
+	if (!set->nr)
+		return 0;
+	list_sort(NULL, &set->slices, qcow2_wb_cmp);
+
+	wbbs = kvcalloc(set->nr, sizeof(*wbbs), GFP_NOIO);
 	atomic_set(&wb.pending, 1);
 	init_completion(&wb.done);
 	blk_start_plug(&plug);
-	list_for_each_entry(s, &batch, lru) {
+	list_for_each_entry(s, &set->slices, lru) {
 		unsigned int len = 1U << s->layer->slice_bits;
+		struct page *page = s->copy ?: s->page;
 		struct qcow2_wb_bio *wbb;
 		int r;
 
 		if (!wbbs) {
 			/* No memory for the batch: one synchronous write each. */
 			r = qcow2_write_bytes(c->qt, s->layer, s->offset,
-					      page_address(s->page), len);
+					      page_address(page), len);
 			s->wb_status = errno_to_blk_status(r);
 			continue;
 		}
@@ -605,35 +690,27 @@ int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 			 REQ_OP_WRITE | REQ_SYNC | REQ_META);
 		wbb->bio.bi_iter.bi_sector = s->offset >> SECTOR_SHIFT;
 		wbb->bio.bi_end_io = qcow2_wb_endio;
-		__bio_add_page(&wbb->bio, s->page, len, 0);
+		__bio_add_page(&wbb->bio, page, len, 0);
 		atomic_inc(&wb.pending);
 		submit_bio(&wbb->bio);
 	}
 	blk_finish_plug(&plug);
 	if (!atomic_dec_and_test(&wb.pending))
 		wait_for_completion_io(&wb.done);
-	for (i = 0; wbbs && i < nr; i++)
+	for (i = 0; wbbs && i < set->nr; i++)
 		bio_uninit(&wbbs[i].bio);
 	kvfree(wbbs);
+	return qcow2_wb_give_back(c, set, true);
+}
 
-	list_for_each_entry_safe(s, tmp, &batch, lru) {
-		int r = blk_status_to_errno(s->wb_status);
+/*
+ * Write back every dirty slice of group @group, from the slices themselves:
+ * the caller excludes their modification until this returns.
+ */
+int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
+{
+	struct qcow2_wb_set set;
 
-		if (r)
-			DMERR_LIMIT("%s: metadata write at %llu failed: %d",
-				    qcow2_dev_name(c->qt), s->offset, r);
-		spin_lock(&c->lock);
-		if (r) {
-			err = err ?: r;
-			list_move_tail(&s->lru, &c->dirty);
-		} else {
-			clear_bit(QCOW2_SLICE_DIRTY, &s->flags);
-			c->nr_dirty--;
-			list_del_init(&s->lru);
-			n++;
-		}
-		spin_unlock(&c->lock);
-		qcow2_slice_put(c, s);
-	}
-	return err ?: n;
+	qcow2_cache_wb_take(c, group, false, &set);
+	return qcow2_cache_wb_write(c, &set);
 }

@@ -856,6 +856,9 @@ static const char * const qcow2_stat_names[] = {
 	[QCOW2_STAT_FLUSHES] = "flushes",
 	[QCOW2_STAT_COMMITS] = "commits",
 	[QCOW2_STAT_COMMIT_USECS] = "commit_usecs",
+	[QCOW2_STAT_COMMIT_BLOCKED_USECS] = "commit_blocked_usecs",
+	[QCOW2_STAT_COMMIT_COPIES] = "commit_copies",
+	[QCOW2_STAT_COMMIT_REDIRTIED] = "commit_redirtied",
 	[QCOW2_STAT_CACHE_SHRUNK] = "cache_shrunk",
 };
 
@@ -1017,7 +1020,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 7, 0},
+	.version = {1, 8, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,

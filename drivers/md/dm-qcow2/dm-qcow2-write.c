@@ -24,12 +24,21 @@
  * L1 entry.  One commit serves every flush that arrived before it started
  * (group commit).
  *
+ * Updates stop only while a commit copies the dirty slices of steps 1 and 3
+ * (one instant: every reference in the copies has its refcount in them);
+ * the copies are written while updates go on, and a slice changed
+ * meanwhile stays dirty for the next commit.  When an L1 or refcount table
+ * entry is dirty too (a new L2 table or refcount block), or the dirty bit
+ * of lazy refcounts must be set first, or there is no memory for the
+ * copies, updates stay stopped until step 3 is durable.
+ *
  * Locking: a guest cluster is modified under its cluster lock (hashed bit
  * locks); metadata state (tables, cache contents, allocator) under
  * meta_lock, never held across data I/O nor the write of a new L2 table
  * (qcow2_l2_writable()); updates hold update_sem for read
  * from their first metadata change to their last, and a commit holds it for
- * write, so it never sees a cluster allocated but not yet mapped.  A write
+ * write while it copies or writes the slices, so it never sees a cluster
+ * allocated but not yet mapped.  A write
  * that allocates in map() (qcow2_alloc_in_map()) only tries its locks and
  * counts itself in fast_updates instead of update_sem, until its data write
  * completes and stores its L2 entry; commits wait for that count too.
@@ -896,15 +905,18 @@ static void qcow2_updates_unlock(struct qcow2_target *qt)
 	up_write(&qt->update_sem);
 }
 
-static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
+/*
+ * Steps 1 to 3 of a commit with updates excluded all along: the dirty slices
+ * are written from the cache.  Takes the frees that step 3 makes durable.
+ */
+static int qcow2_commit_locked(struct qcow2_target *qt, bool refcounts,
+			       struct list_head *freed)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	struct block_device *bdev = top->dev->bdev;
-	LIST_HEAD(freed);
 	bool wrote = false;
 	int r = 0;
 
-	qcow2_updates_lock(qt);
 	if (refcounts)
 		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 	/* Also makes the data of every completed write durable. */
@@ -931,8 +943,103 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	if (!r && wrote)
 		r = blkdev_issue_flush(bdev);
 	if (!r)
+		qcow2_take_deferred(qt, freed);
+	return r;
+}
+
+static bool qcow2_table_is_dirty(const unsigned long *dirty, u64 entries)
+{
+	u64 nr = DIV_ROUND_UP(entries * sizeof(u64), SECTOR_SIZE);
+
+	return find_first_bit(dirty, nr) < nr;
+}
+
+/*
+ * Take copies of the dirty slices for steps 1 and 3, so that updates may go
+ * on while they are written (qcow2_commit_copies()).  Only when nothing but
+ * slices is dirty: the L1 and refcount table entries of new L2 tables and
+ * refcount blocks (rare) are written from the live arrays, and the dirty bit
+ * of lazy refcounts goes first.  Called with updates excluded; false when
+ * the commit must keep them out all along.
+ */
+static bool qcow2_commit_take(struct qcow2_target *qt, bool refcounts,
+			      struct qcow2_wb_set *rc, struct qcow2_wb_set *map)
+{
+	struct qcow2_layer *top = qcow2_top(qt);
+
+	if ((refcounts && qcow2_table_is_dirty(qt->reftable_dirty, qt->reftable_entries)) ||
+	    (!refcounts && !qt->dirty_bit) ||
+	    qcow2_table_is_dirty(qt->l1_dirty, top->l1_size))
+		return false;
+	INIT_LIST_HEAD(&rc->slices);
+	rc->nr = 0;
+	if (refcounts && qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_REFCOUNT, true, rc))
+		return false;
+	if (qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_MAPPING, true, map)) {
+		qcow2_cache_wb_cancel(qt->cache, rc);
+		return false;
+	}
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_COPIES, rc->nr + map->nr);
+	return true;
+}
+
+/* Steps 1 and 3 from the copies qcow2_commit_take() made, updates going on. */
+static int qcow2_commit_copies(struct qcow2_target *qt, struct qcow2_wb_set *rc,
+			       struct qcow2_wb_set *map)
+{
+	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
+	int r;
+
+	r = qcow2_cache_wb_write(qt->cache, rc);
+	/* Also makes the data of every write completed before the copy durable. */
+	if (r >= 0)
+		r = blkdev_issue_flush(bdev);
+	if (r) {
+		qcow2_cache_wb_cancel(qt->cache, map);
+		return r;
+	}
+	r = qcow2_cache_wb_write(qt->cache, map);
+	if (r > 0)
+		r = blkdev_issue_flush(bdev);
+	return r;
+}
+
+/* Frees taken for a commit that failed: back to the queue. */
+static void qcow2_untake_deferred(struct qcow2_target *qt, struct list_head *list)
+{
+	struct list_head *pos;
+
+	mutex_lock(&qt->meta_lock);
+	list_for_each(pos, list)
+		qt->nr_deferred++;
+	list_splice_init(list, &qt->deferred);
+	mutex_unlock(&qt->meta_lock);
+}
+
+static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
+{
+	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
+	struct qcow2_wb_set rc, map;
+	LIST_HEAD(freed);
+	u64 t0 = ktime_get_ns();
+	int r;
+
+	qcow2_updates_lock(qt);
+	if (qcow2_commit_take(qt, refcounts, &rc, &map)) {
+		/* The frees whose L2 changes the copies hold. */
 		qcow2_take_deferred(qt, &freed);
-	qcow2_updates_unlock(qt);
+		qcow2_updates_unlock(qt);
+		qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
+				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
+		r = qcow2_commit_copies(qt, &rc, &map);
+		if (r)
+			qcow2_untake_deferred(qt, &freed);
+	} else {
+		r = qcow2_commit_locked(qt, refcounts, &freed);
+		qcow2_updates_unlock(qt);
+		qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
+				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
+	}
 	if (!r)
 		r = qcow2_apply_deferred(qt, &freed);
 	/*
@@ -943,11 +1050,14 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	 * commit.
 	 */
 	if (r > 0 && refcounts) {
+		t0 = ktime_get_ns();
 		qcow2_updates_lock(qt);
 		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 		if (r >= 0)
 			r = blkdev_issue_flush(bdev);
 		qcow2_updates_unlock(qt);
+		qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
+				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
 	}
 	if (r > 0)
 		r = 0;

@@ -82,6 +82,9 @@ enum qcow2_stat {
 	QCOW2_STAT_FLUSHES,
 	QCOW2_STAT_COMMITS,
 	QCOW2_STAT_COMMIT_USECS,
+	QCOW2_STAT_COMMIT_BLOCKED_USECS,
+	QCOW2_STAT_COMMIT_COPIES,
+	QCOW2_STAT_COMMIT_REDIRTIED,
 	QCOW2_STAT_CACHE_SHRUNK,
 	QCOW2_STAT_NR
 };
@@ -258,6 +261,17 @@ bool qcow2_cache_has_dirty(struct qcow2_cache *cache);
 void qcow2_cache_invalidate(struct qcow2_cache *cache, struct qcow2_layer *layer,
 			    u64 offset, u64 len);
 int qcow2_cache_writeback(struct qcow2_cache *cache, unsigned int group);
+
+/* Slices taken for writeback (qcow2_cache_wb_take()) */
+struct qcow2_wb_set {
+	struct list_head slices;
+	unsigned int nr;
+};
+
+int qcow2_cache_wb_take(struct qcow2_cache *cache, unsigned int group,
+			bool copy, struct qcow2_wb_set *set);
+int qcow2_cache_wb_write(struct qcow2_cache *cache, struct qcow2_wb_set *set);
+void qcow2_cache_wb_cancel(struct qcow2_cache *cache, struct qcow2_wb_set *set);
 void qcow2_cache_invalidate_all(struct qcow2_cache *cache);
 void qcow2_cache_get_stats(struct qcow2_cache *cache,
 			   struct qcow2_cache_stats *st);
