@@ -97,7 +97,7 @@ run_part "selftests in VMs" tools/testing/check-vm.sh "$@"
 # the CI 73 minutes.
 day=$((10#$(date +%j)))
 if [ $((day % 2)) = 0 ]; then
-	debug_tests="test_write_diff.sh test_write_batch.sh test_cache_shrink.sh"
+	debug_tests="test_write_diff.sh test_write_batch.sh test_cache_shrink.sh test_write_commit.sh"
 else
 	debug_tests="test_write_diff.sh test_write_enospc.sh test_fault_inject.sh test_write_corrupt.sh"
 fi
