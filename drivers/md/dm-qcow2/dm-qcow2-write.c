@@ -891,18 +891,24 @@ static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
  * Exclude every update: those of workers (update_sem) and the allocations
  * made in map(), counted in fast_updates until their entry is stored.
  */
-static void qcow2_updates_lock(struct qcow2_target *qt)
+static u64 qcow2_updates_lock(struct qcow2_target *qt)
 {
+	u64 t0 = ktime_get_ns();
+
 	down_write(&qt->update_sem);
 	WRITE_ONCE(qt->fast_blocked, true);
 	smp_mb();	/* pairs with qcow2_alloc_in_map() */
 	wait_event(qt->fast_wait, !atomic_read(&qt->fast_updates));
+	return t0;
 }
 
-static void qcow2_updates_unlock(struct qcow2_target *qt)
+/* @t0: what qcow2_updates_lock() returned; the time counts as blocked. */
+static void qcow2_updates_unlock(struct qcow2_target *qt, u64 t0)
 {
 	WRITE_ONCE(qt->fast_blocked, false);
 	up_write(&qt->update_sem);
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
+			div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
 }
 
 /*
@@ -1021,24 +1027,20 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
 	struct qcow2_wb_set rc, map;
 	LIST_HEAD(freed);
-	u64 t0 = ktime_get_ns();
+	u64 t0;
 	int r;
 
-	qcow2_updates_lock(qt);
+	t0 = qcow2_updates_lock(qt);
 	if (qcow2_commit_take(qt, refcounts, &rc, &map)) {
 		/* The frees whose L2 changes the copies hold. */
 		qcow2_take_deferred(qt, &freed);
-		qcow2_updates_unlock(qt);
-		qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
-				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
+		qcow2_updates_unlock(qt, t0);
 		r = qcow2_commit_copies(qt, &rc, &map);
 		if (r)
 			qcow2_untake_deferred(qt, &freed);
 	} else {
 		r = qcow2_commit_locked(qt, refcounts, &freed);
-		qcow2_updates_unlock(qt);
-		qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
-				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
+		qcow2_updates_unlock(qt, t0);
 	}
 	if (!r)
 		r = qcow2_apply_deferred(qt, &freed);
@@ -1050,14 +1052,11 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	 * commit.
 	 */
 	if (r > 0 && refcounts) {
-		t0 = ktime_get_ns();
-		qcow2_updates_lock(qt);
+		t0 = qcow2_updates_lock(qt);
 		r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 		if (r >= 0)
 			r = blkdev_issue_flush(bdev);
-		qcow2_updates_unlock(qt);
-		qcow2_count_add(qt, QCOW2_STAT_COMMIT_BLOCKED_USECS,
-				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
+		qcow2_updates_unlock(qt, t0);
 	}
 	if (r > 0)
 		r = 0;
