@@ -50,7 +50,7 @@ DM=${QCOW2_DM_PREFIX}msg
 NAMES="map_reads map_writes deferred backing_reads compressed_reads map_allocs
 worker_allocs copies zero_fills zeroed_allocs zero_ahead zero_ahead_clusters
 zero_ahead_waits zeroed_tables zeroed_clusters freed_clusters flushes commits
-commit_usecs commit_blocked_usecs commit_copies commit_redirtied cache_shrunk"
+commit_usecs commit_blocked_usecs commit_locked commit_copies commit_redirtied cache_shrunk"
 
 ktap_header
 # a) and b) (two results), c) and d): cases 1 to 3, and the dmesg check

@@ -24,12 +24,12 @@
  * L1 entry.  One commit serves every flush that arrived before it started
  * (group commit).
  *
- * Updates stop only while a commit copies the dirty slices of steps 1 and 3
- * (one instant: every reference in the copies has its refcount in them);
- * the copies are written while updates go on, and a slice changed
- * meanwhile stays dirty for the next commit.  When an L1 or refcount table
- * entry is dirty too (a new L2 table or refcount block), or the dirty bit
- * of lazy refcounts must be set first, or there is no memory for the
+ * Updates stop only while a commit copies the dirty slices and L1 sectors
+ * of steps 1 and 3 (one instant: every reference in the copies has its
+ * refcount in them); the copies are written while updates go on, and a
+ * slice or sector changed meanwhile stays dirty for the next commit.  When
+ * a refcount table entry is dirty too (a new refcount block), or the dirty
+ * bit of lazy refcounts must be set first, or there is no memory for the
  * copies, updates stay stopped until step 3 is durable.
  *
  * Locking: a guest cluster is modified under its cluster lock (hashed bit
@@ -74,6 +74,20 @@
 #define QCOW2_FILL_INLINE	(64U << 10)
 /* Commit when this many freed ranges wait for their decrement. */
 #define QCOW2_MAX_DEFERRED	4096
+
+/* Dirty sectors of the L1 table copied for a commit: tc->nr of them. */
+struct qcow2_table_copy {
+	unsigned long *secs;	/* which sectors */
+	__be64 *buf;		/* their contents, in sector order */
+	unsigned int nr;
+};
+
+/* What a commit writes while updates go on (qcow2_commit_take()). */
+struct qcow2_commit_set {
+	struct qcow2_wb_set rc;		/* refcount slices */
+	struct qcow2_wb_set map;	/* L2 slices */
+	struct qcow2_table_copy l1;	/* L1 sectors */
+};
 
 struct qcow2_deferred {
 	struct list_head list;
@@ -128,12 +142,30 @@ static void qcow2_table_dirty(unsigned long *bits, u64 index)
 	set_bit((index * sizeof(u64)) >> SECTOR_SHIFT, bits);
 }
 
+static u64 qcow2_table_sectors(u64 entries)
+{
+	return DIV_ROUND_UP(entries * sizeof(u64), SECTOR_SIZE);
+}
+
+/* The on-disk form of sector @sec of @table, into @buf. */
+static void qcow2_table_encode(const u64 *table, u64 entries, unsigned long sec,
+			       __be64 *buf)
+{
+	const unsigned int per = SECTOR_SIZE / sizeof(u64);
+	unsigned int i;
+
+	for (i = 0; i < per; i++) {
+		u64 idx = (u64)sec * per + i;
+
+		buf[i] = cpu_to_be64(idx < entries ? READ_ONCE(table[idx]) : 0);
+	}
+}
+
 static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
 				 u64 entries, u64 offset, unsigned long *dirty,
 				 bool *wrote)
 {
-	u64 nr = DIV_ROUND_UP(entries * sizeof(u64), SECTOR_SIZE);
-	const unsigned int per = SECTOR_SIZE / sizeof(u64);
+	u64 nr = qcow2_table_sectors(entries);
 	unsigned long sec;
 	__be64 *buf;
 	int r = 0;
@@ -142,13 +174,7 @@ static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
 	if (!buf)
 		return -ENOMEM;
 	for_each_set_bit(sec, dirty, nr) {
-		unsigned int i;
-
-		for (i = 0; i < per; i++) {
-			u64 idx = (u64)sec * per + i;
-
-			buf[i] = cpu_to_be64(idx < entries ? table[idx] : 0);
-		}
+		qcow2_table_encode(table, entries, sec, buf);
 		r = qcow2_write_bytes(qt, qcow2_top(qt), offset + sec * SECTOR_SIZE,
 				      buf, SECTOR_SIZE);
 		if (r)
@@ -157,6 +183,98 @@ static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
 		*wrote = true;
 	}
 	kfree(buf);
+	return r;
+}
+
+static void qcow2_table_copy_free(struct qcow2_table_copy *tc)
+{
+	bitmap_free(tc->secs);
+	kfree(tc->buf);
+	tc->secs = NULL;
+	tc->buf = NULL;
+	tc->nr = 0;
+}
+
+/*
+ * Copy the dirty sectors of @table and clear their bits, for a commit that
+ * writes them while updates go on (qcow2_table_copy_write()).  A sector
+ * changed meanwhile is dirty again for the next commit.  Called with
+ * updates excluded.  Returns -ENOMEM (nothing taken) if the copy gets no
+ * memory.
+ */
+static int qcow2_table_copy_take(const u64 *table, u64 entries, unsigned long *dirty,
+				 struct qcow2_table_copy *tc)
+{
+	const gfp_t gfp = GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN;
+	u64 nr = qcow2_table_sectors(entries);
+	unsigned long sec;
+	unsigned int i = 0;
+
+	tc->nr = bitmap_weight(dirty, nr);
+	tc->secs = NULL;
+	tc->buf = NULL;
+	if (!tc->nr)
+		return 0;
+	tc->secs = bitmap_zalloc(nr, gfp);
+	tc->buf = kmalloc_array(tc->nr, SECTOR_SIZE, gfp);
+	if (!tc->secs || !tc->buf) {
+		qcow2_table_copy_free(tc);
+		return -ENOMEM;
+	}
+	for_each_set_bit(sec, dirty, nr) {
+		qcow2_table_encode(table, entries, sec,
+				   tc->buf + (size_t)i++ * (SECTOR_SIZE / sizeof(u64)));
+		set_bit(sec, tc->secs);
+		clear_bit(sec, dirty);
+	}
+	return 0;
+}
+
+/* A copy not written (or not durable): its sectors are dirty again. */
+static void qcow2_table_copy_cancel(struct qcow2_table_copy *tc, u64 entries,
+				    unsigned long *dirty)
+{
+	unsigned long sec;
+
+	if (tc->secs)
+		for_each_set_bit(sec, tc->secs, qcow2_table_sectors(entries))
+			set_bit(sec, dirty);
+	qcow2_table_copy_free(tc);
+}
+
+/*
+ * Write the copy taken by qcow2_table_copy_take() to the table at @offset and
+ * free it.  Returns the number of sectors written or a negative errno, in
+ * which case the sectors are dirty again.  @redirtied counts the sectors
+ * changed since the copy (dirty again already).
+ */
+static int qcow2_table_copy_write(struct qcow2_target *qt, struct qcow2_table_copy *tc,
+				  u64 entries, u64 offset, unsigned long *dirty,
+				  unsigned int *redirtied)
+{
+	u64 nr = qcow2_table_sectors(entries);
+	unsigned long sec;
+	unsigned int i = 0;
+	int r = 0;
+
+	*redirtied = 0;
+	if (!tc->nr)
+		return 0;
+	for_each_set_bit(sec, tc->secs, nr) {
+		r = qcow2_write_bytes(qt, qcow2_top(qt), offset + sec * SECTOR_SIZE,
+				      tc->buf + (size_t)i++ * (SECTOR_SIZE / sizeof(u64)),
+				      SECTOR_SIZE);
+		if (r)
+			break;
+		if (test_bit(sec, dirty))
+			(*redirtied)++;
+	}
+	if (r) {
+		qcow2_table_copy_cancel(tc, entries, dirty);
+		return r;
+	}
+	r = tc->nr;
+	qcow2_table_copy_free(tc);
 	return r;
 }
 
@@ -883,11 +1001,6 @@ static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
 }
 
 /*
- * Make everything written so far durable and reachable (see the top of this
- * file).  Returns 0 or the error that failed the commit; a failed commit
- * switches the device to fail mode, since on-disk metadata is then unknown.
- */
-/*
  * Exclude every update: those of workers (update_sem) and the allocations
  * made in map(), counted in fast_updates until their entry is stored.
  */
@@ -955,57 +1068,78 @@ static int qcow2_commit_locked(struct qcow2_target *qt, bool refcounts,
 
 static bool qcow2_table_is_dirty(const unsigned long *dirty, u64 entries)
 {
-	u64 nr = DIV_ROUND_UP(entries * sizeof(u64), SECTOR_SIZE);
+	u64 nr = qcow2_table_sectors(entries);
 
 	return find_first_bit(dirty, nr) < nr;
 }
 
 /*
- * Take copies of the dirty slices for steps 1 and 3, so that updates may go
- * on while they are written (qcow2_commit_copies()).  Only when nothing but
- * slices is dirty: the L1 and refcount table entries of new L2 tables and
- * refcount blocks (rare) are written from the live arrays, and the dirty bit
- * of lazy refcounts goes first.  Called with updates excluded; false when
- * the commit must keep them out all along.
+ * Take copies of the dirty slices for steps 1 and 3, and of the dirty L1
+ * sectors, so that updates may go on while they are written
+ * (qcow2_commit_copies()).  Not when a refcount table entry is dirty (a new
+ * refcount block, rare: qcow2_grow_reftable() writes refcount slices back
+ * itself, which must not race with copies of them), nor when the dirty bit
+ * of lazy refcounts must be set first.  Called with updates excluded; false
+ * when the commit must keep them out all along.
  */
 static bool qcow2_commit_take(struct qcow2_target *qt, bool refcounts,
-			      struct qcow2_wb_set *rc, struct qcow2_wb_set *map)
+			      struct qcow2_commit_set *cs)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 
 	if ((refcounts && qcow2_table_is_dirty(qt->reftable_dirty, qt->reftable_entries)) ||
-	    (!refcounts && !qt->dirty_bit) ||
-	    qcow2_table_is_dirty(qt->l1_dirty, top->l1_size))
+	    (!refcounts && !qt->dirty_bit))
 		return false;
-	INIT_LIST_HEAD(&rc->slices);
-	rc->nr = 0;
-	if (refcounts && qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_REFCOUNT, true, rc))
+	INIT_LIST_HEAD(&cs->rc.slices);
+	cs->rc.nr = 0;
+	if (refcounts && qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_REFCOUNT, true, &cs->rc))
 		return false;
-	if (qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_MAPPING, true, map)) {
-		qcow2_cache_wb_cancel(qt->cache, rc);
-		return false;
-	}
-	qcow2_count_add(qt, QCOW2_STAT_COMMIT_COPIES, rc->nr + map->nr);
+	if (qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_MAPPING, true, &cs->map))
+		goto cancel_rc;
+	if (qcow2_table_copy_take(top->l1, top->l1_size, qt->l1_dirty, &cs->l1))
+		goto cancel_map;
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_COPIES, cs->rc.nr + cs->map.nr + cs->l1.nr);
 	return true;
+
+cancel_map:
+	qcow2_cache_wb_cancel(qt->cache, &cs->map);
+cancel_rc:
+	qcow2_cache_wb_cancel(qt->cache, &cs->rc);
+	return false;
 }
 
-/* Steps 1 and 3 from the copies qcow2_commit_take() made, updates going on. */
-static int qcow2_commit_copies(struct qcow2_target *qt, struct qcow2_wb_set *rc,
-			       struct qcow2_wb_set *map)
+/*
+ * Steps 1 and 3 from the copies qcow2_commit_take() made, updates going on.
+ * The L1 sectors go with the L2 slices: every L2 table they point to was
+ * written (zeroed or copied) before it entered the L1 table.
+ */
+static int qcow2_commit_copies(struct qcow2_target *qt, struct qcow2_commit_set *cs)
 {
-	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
-	int r;
+	struct qcow2_layer *top = qcow2_top(qt);
+	struct block_device *bdev = top->dev->bdev;
+	unsigned int redirtied;
+	int r, l1;
 
-	r = qcow2_cache_wb_write(qt->cache, rc);
+	r = qcow2_cache_wb_write(qt->cache, &cs->rc);
 	/* Also makes the data of every write completed before the copy durable. */
 	if (r >= 0)
 		r = blkdev_issue_flush(bdev);
 	if (r) {
-		qcow2_cache_wb_cancel(qt->cache, map);
+		qcow2_cache_wb_cancel(qt->cache, &cs->map);
+		qcow2_table_copy_cancel(&cs->l1, top->l1_size, qt->l1_dirty);
 		return r;
 	}
-	r = qcow2_cache_wb_write(qt->cache, map);
-	if (r > 0)
+	r = qcow2_cache_wb_write(qt->cache, &cs->map);
+	if (r < 0) {
+		qcow2_table_copy_cancel(&cs->l1, top->l1_size, qt->l1_dirty);
+		return r;
+	}
+	l1 = qcow2_table_copy_write(qt, &cs->l1, top->l1_size,
+				    top->qi.l1_table_offset, qt->l1_dirty, &redirtied);
+	if (l1 < 0)
+		return l1;
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_REDIRTIED, redirtied);
+	if (r + l1 > 0)
 		r = blkdev_issue_flush(bdev);
 	return r;
 }
@@ -1022,23 +1156,29 @@ static void qcow2_untake_deferred(struct qcow2_target *qt, struct list_head *lis
 	mutex_unlock(&qt->meta_lock);
 }
 
+/*
+ * Make everything written so far durable and reachable (see the top of this
+ * file).  Returns 0 or the error that failed the commit; a failed commit
+ * switches the device to fail mode, since on-disk metadata is then unknown.
+ */
 static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 {
 	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
-	struct qcow2_wb_set rc, map;
+	struct qcow2_commit_set cs;
 	LIST_HEAD(freed);
 	u64 t0;
 	int r;
 
 	t0 = qcow2_updates_lock(qt);
-	if (qcow2_commit_take(qt, refcounts, &rc, &map)) {
-		/* The frees whose L2 changes the copies hold. */
+	if (qcow2_commit_take(qt, refcounts, &cs)) {
+		/* The frees whose L2 and L1 changes the copies hold. */
 		qcow2_take_deferred(qt, &freed);
 		qcow2_updates_unlock(qt, t0);
-		r = qcow2_commit_copies(qt, &rc, &map);
+		r = qcow2_commit_copies(qt, &cs);
 		if (r)
 			qcow2_untake_deferred(qt, &freed);
 	} else {
+		qcow2_count(qt, QCOW2_STAT_COMMIT_LOCKED);
 		r = qcow2_commit_locked(qt, refcounts, &freed);
 		qcow2_updates_unlock(qt, t0);
 	}
