@@ -159,6 +159,12 @@ _wstat()
 	dmsetup message "$1" 0 stats | sed -n "s/^$2 \([0-9]*\)$/\1/p"
 }
 
+# _fsync DEV   fsync the block device: one flush through the target
+_fsync()
+{
+	python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.close(fd)' "$1"
+}
+
 # _wstatus NAME   parse `dmsetup status` of a qcow2 device into
 #   WS_MODE WS_VSIZE WS_CS WS_LAYERS WS_USED WS_SLOTS WS_HITS WS_MISSES
 #   WS_MREADS WS_OREADS WS_IOERR WS_DIRTY WS_FLAGS (" corrupt no_space" words)

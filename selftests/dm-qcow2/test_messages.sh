@@ -166,12 +166,6 @@ if bytes(buf) != want:
 PYEOF
 }
 
-# _fsync DEV   fsync the block device: one flush through the target
-_fsync()
-{
-	python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.close(fd)' "$1"
-}
-
 # --- a) ----------------------------------------------------------------------
 if _shard_mine 1; then
 	rc=0
