@@ -14,7 +14,9 @@
 #   tools/testing/vm/run-vm.sh --kver KVER --module build/KVER/dm-qcow2.ko \
 #       --mem 3072 -- env ALLOC_DEV=nullblk tools/bench/alloc-requests.sh
 #
-# ALLOC_EXT_L2=on makes the image with extended L2 entries.  ALLOC_FLUSHER=1
+# ALLOC_EXT_L2=on makes the image with extended L2 entries; ALLOC_CLUSTER=BYTES
+# sets its cluster size (default 65536: an L2 table maps 512 MiB; 4096 makes
+# nearly every write of the run need a new L2 table).  ALLOC_FLUSHER=1
 # runs a second fio job meanwhile, which writes 4k blocks at queue depth 1
 # and fsyncs after each, so that commits of the target run while the
 # allocating writes go on (fio's own fsync=N would wait for the writes in
@@ -23,7 +25,7 @@
 # milliseconds (a device whose cache flush is slow; null_blk then gets a
 # write cache of 1 GiB).
 #
-# Maps an empty 64 GiB image (64 KiB clusters) on the first disk, runs IOS
+# Maps an empty 64 GiB image (64 KiB clusters by default) on the first disk, runs IOS
 # (default 16384) random 4k writes at queue depth QD (default 32) with fio,
 # and prints fio's IOPS, the write requests and merges the disk completed
 # (/sys/block/DISK/stat, the data writes included), and the change of each
@@ -49,7 +51,7 @@ dev=$disk
 
 stat_w() { local f; read -r -a f < "/sys/block/$name/stat"; echo "${f[4]} ${f[5]}"; }
 
-qemu-img create -q -f qcow2 -o "cluster_size=65536,extended_l2=${ALLOC_EXT_L2:-off}" "$disk" 64G
+qemu-img create -q -f qcow2 -o "cluster_size=${ALLOC_CLUSTER:-65536},extended_l2=${ALLOC_EXT_L2:-off}" "$disk" 64G
 trap 'dmsetup remove alloc-req 2>/dev/null || true; dmsetup remove alloc-req-delay 2>/dev/null || true' EXIT
 if [ -n "${ALLOC_FLUSH_MS:-}" ]; then
 	dmsetup create alloc-req-delay --table \
