@@ -42,6 +42,8 @@ struct qcow2_slice {
 	unsigned int group;	/* writeback group while dirty */
 	unsigned int gen;	/* bumped each time it is marked dirty */
 	unsigned int wb_gen;	/* gen when taken for writeback */
+	atomic_t stores;	/* entry stores to come (qcow2_slice_mark_store()) */
+	bool wb_stores;		/* some were to come when taken for writeback */
 	unsigned long flags;
 	blk_status_t wb_status;	/* result of the last writeback */
 	struct page *page;
@@ -51,6 +53,7 @@ struct qcow2_slice {
 struct qcow2_cache {
 	struct qcow2_target *qt;
 	spinlock_t lock;
+	spinlock_t store_lock;	/* entry stores of completions against copies */
 	wait_queue_head_t wait;
 	struct list_head lru;	/* clean unpinned slices, most recently used first */
 	struct list_head dirty;	/* dirty slices, pinned or not */
@@ -191,6 +194,7 @@ struct qcow2_cache *qcow2_cache_create(struct qcow2_target *qt, u64 bytes)
 	for (i = 0; i < (1U << c->hash_bits); i++)
 		INIT_HLIST_HEAD(&c->buckets[i]);
 	spin_lock_init(&c->lock);
+	spin_lock_init(&c->store_lock);
 	init_waitqueue_head(&c->wait);
 	INIT_LIST_HEAD(&c->lru);
 	INIT_LIST_HEAD(&c->dirty);
@@ -448,11 +452,13 @@ void qcow2_slice_put(struct qcow2_cache *c, struct qcow2_slice *s)
  * while a copy of it is written stays dirty (see qcow2_cache_wb_take()):
  * call this for every change, in the update that makes it.
  */
-void qcow2_slice_mark_dirty(struct qcow2_cache *c, struct qcow2_slice *s,
-			    unsigned int group)
+static void __qcow2_slice_mark_dirty(struct qcow2_cache *c, struct qcow2_slice *s,
+				     unsigned int group, bool store)
 {
 	spin_lock(&c->lock);
 	s->gen++;
+	if (store)
+		atomic_inc(&s->stores);
 	if (!test_and_set_bit(QCOW2_SLICE_DIRTY, &s->flags)) {
 		s->group = group;
 		list_add_tail(&s->lru, &c->dirty);
@@ -461,6 +467,47 @@ void qcow2_slice_mark_dirty(struct qcow2_cache *c, struct qcow2_slice *s,
 		s->group = min(s->group, group);
 	}
 	spin_unlock(&c->lock);
+}
+
+void qcow2_slice_mark_dirty(struct qcow2_cache *c, struct qcow2_slice *s,
+			    unsigned int group)
+{
+	__qcow2_slice_mark_dirty(c, s, group, false);
+}
+
+/*
+ * Mark L2 slice @s dirty for an allocation whose entries are stored later,
+ * when its data is written, by qcow2_slice_store_l2(), in any context and
+ * without excluding commits.  Until then a copy taken for writeback may
+ * lack them: the slice stays dirty after such a copy is written.
+ */
+void qcow2_slice_mark_store(struct qcow2_cache *c, struct qcow2_slice *s,
+			    unsigned int group)
+{
+	__qcow2_slice_mark_dirty(c, s, group, true);
+}
+
+/*
+ * The stores that qcow2_slice_mark_store() announced: @n entries from @idx,
+ * @e for the first, the host offset one cluster further for each next one
+ * (@n 0: the write failed, nothing to store).  Any context.  A copy of the
+ * slice never sees an entry half stored (extended L2 entries are two
+ * words).
+ */
+void qcow2_slice_store_l2(struct qcow2_cache *c, struct qcow2_slice *s,
+			  const struct qcow2_info *qi, unsigned int idx,
+			  struct qcow2_l2_entry e, unsigned int n)
+{
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&c->store_lock, flags);
+	for (i = 0; i < n; i++) {
+		qcow2_l2_entry_store(qi, page_address(s->page), idx + i, &e);
+		e.entry += qi->cluster_size;
+	}
+	atomic_dec(&s->stores);
+	spin_unlock_irqrestore(&c->store_lock, flags);
 }
 
 /*
@@ -570,6 +617,7 @@ static int qcow2_wb_give_back(struct qcow2_cache *c, struct qcow2_wb_set *set,
 
 	list_for_each_entry_safe(s, tmp, &set->slices, lru) {
 		int r = written ? blk_status_to_errno(s->wb_status) : -EAGAIN;
+		bool changed;
 
 		if (written && r)
 			DMERR_LIMIT("%s: metadata write at %llu failed: %d",
@@ -579,9 +627,10 @@ static int qcow2_wb_give_back(struct qcow2_cache *c, struct qcow2_wb_set *set,
 			s->copy = NULL;
 		}
 		spin_lock(&c->lock);
-		if (!r && s->gen != s->wb_gen)
+		changed = s->gen != s->wb_gen || s->wb_stores;
+		if (!r && changed)
 			qcow2_count(c->qt, QCOW2_STAT_COMMIT_REDIRTIED);
-		if (r || s->gen != s->wb_gen) {
+		if (r || changed) {
 			list_move_tail(&s->lru, &c->dirty);
 		} else {
 			clear_bit(QCOW2_SLICE_DIRTY, &s->flags);
@@ -610,9 +659,11 @@ void qcow2_cache_wb_cancel(struct qcow2_cache *c, struct qcow2_wb_set *set)
  * Take every dirty slice of group @group for writeback into @set, pinned and
  * off the dirty list.  With @copy, each gets a copy of its page as it is
  * now, and the caller may let updates change the slices while the copies are
- * written: a slice marked dirty after this stays dirty when its copy is
- * written.  The caller excludes updates during this call.  Returns -ENOMEM,
- * taking nothing, if a copy cannot be made.
+ * written: a slice marked dirty after this, or with entry stores still to
+ * come (qcow2_slice_mark_store()), stays dirty when its copy is written.
+ * Without @copy none may have stores to come.  The caller excludes updates
+ * during this call.  Returns -ENOMEM, taking nothing, if a copy cannot be
+ * made.
  */
 int qcow2_cache_wb_take(struct qcow2_cache *c, unsigned int group, bool copy,
 			struct qcow2_wb_set *set)
@@ -627,7 +678,10 @@ int qcow2_cache_wb_take(struct qcow2_cache *c, unsigned int group, bool copy,
 			continue;
 		s->pins++;
 		s->wb_gen = s->gen;
+		s->wb_stores = false;
 		s->wb_status = BLK_STS_OK;
+		/* Written from the page itself: nothing may store meanwhile. */
+		WARN_ON_ONCE(!copy && atomic_read(&s->stores));
 		list_move_tail(&s->lru, &set->slices);
 		set->nr++;
 	}
@@ -635,13 +689,18 @@ int qcow2_cache_wb_take(struct qcow2_cache *c, unsigned int group, bool copy,
 	if (!copy)
 		return 0;
 	list_for_each_entry(s, &set->slices, lru) {
+		unsigned long flags;
+
 		s->copy = alloc_page(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN);
 		if (!s->copy) {
 			qcow2_cache_wb_cancel(c, set);
 			return -ENOMEM;
 		}
+		spin_lock_irqsave(&c->store_lock, flags);
+		s->wb_stores = atomic_read(&s->stores);
 		memcpy(page_address(s->copy), page_address(s->page),
 		       1U << s->layer->slice_bits);
+		spin_unlock_irqrestore(&c->store_lock, flags);
 	}
 	return 0;
 }

@@ -40,8 +40,12 @@
  * write while it copies or writes the slices, so it never sees a cluster
  * allocated but not yet mapped.  A write
  * that allocates in map() (qcow2_alloc_in_map()) only tries its locks and
- * counts itself in fast_updates instead of update_sem, until its data write
- * completes and stores its L2 entry; commits wait for that count too.
+ * counts itself in fast_updates instead of update_sem while it changes
+ * metadata; commits wait for that count too.  Its L2 entry is stored when
+ * its data write completes, in any context (fast_stores counts those to
+ * come): a commit that copies the L2 slice meanwhile leaves it dirty, and
+ * one that writes slices from the cache itself, or must include every
+ * write in flight, waits for them.
  * Workers of qt->wq wait for cluster locks, and there are only so many of
  * them: nothing that holds a cluster lock (or fast_updates) may wait for an
  * item of qt->wq.  The write of a copy made in map() is submitted from
@@ -1002,7 +1006,8 @@ static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
 
 /*
  * Exclude every update: those of workers (update_sem) and the allocations
- * made in map(), counted in fast_updates until their entry is stored.
+ * made in map(), counted in fast_updates until their metadata changes are
+ * made.  Their entries may still be stored meanwhile (fast_stores).
  */
 static u64 qcow2_updates_lock(struct qcow2_target *qt)
 {
@@ -1010,9 +1015,20 @@ static u64 qcow2_updates_lock(struct qcow2_target *qt)
 
 	down_write(&qt->update_sem);
 	WRITE_ONCE(qt->fast_blocked, true);
-	smp_mb();	/* pairs with qcow2_alloc_in_map() */
+	smp_mb();	/* pairs with qcow2_alloc_begin() */
 	wait_event(qt->fast_wait, !atomic_read(&qt->fast_updates));
 	return t0;
+}
+
+/*
+ * With updates excluded, also wait until the allocations made in map() have
+ * stored their entries: before L2 slices are written from the cache itself,
+ * or when the commit must include every write in flight.
+ */
+static void qcow2_updates_drain(struct qcow2_target *qt)
+{
+	smp_mb();	/* orders fast_updates seen 0 before fast_stores */
+	wait_event(qt->fast_wait, !atomic_read(&qt->fast_stores));
 }
 
 /* @t0: what qcow2_updates_lock() returned; the time counts as blocked. */
@@ -1161,7 +1177,7 @@ static void qcow2_untake_deferred(struct qcow2_target *qt, struct list_head *lis
  * file).  Returns 0 or the error that failed the commit; a failed commit
  * switches the device to fail mode, since on-disk metadata is then unknown.
  */
-static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
+static int __qcow2_commit(struct qcow2_target *qt, bool refcounts, bool drain)
 {
 	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
 	struct qcow2_commit_set cs;
@@ -1170,6 +1186,8 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 	int r;
 
 	t0 = qcow2_updates_lock(qt);
+	if (drain)
+		qcow2_updates_drain(qt);
 	if (qcow2_commit_take(qt, refcounts, &cs)) {
 		/* The frees whose L2 and L1 changes the copies hold. */
 		qcow2_take_deferred(qt, &freed);
@@ -1179,6 +1197,8 @@ static int __qcow2_commit(struct qcow2_target *qt, bool refcounts)
 			qcow2_untake_deferred(qt, &freed);
 	} else {
 		qcow2_count(qt, QCOW2_STAT_COMMIT_LOCKED);
+		if (!drain)
+			qcow2_updates_drain(qt);
 		r = qcow2_commit_locked(qt, refcounts, &freed);
 		qcow2_updates_unlock(qt, t0);
 	}
@@ -1228,6 +1248,27 @@ static int qcow2_set_dirty_bit(struct qcow2_target *qt, bool dirty)
 }
 
 /*
+ * One commit, with commit_mutex held.  @drain: wait for the allocations made
+ * in map() to store their entries first, so that the commit includes every
+ * write in flight (else it includes those completed before it started).
+ */
+static int qcow2_commit_run(struct qcow2_target *qt, bool full, bool drain)
+{
+	u64 t0 = ktime_get_ns();
+	int r;
+
+	qt->commits_started++;
+	if (full)
+		qt->full_commits_started++;
+	r = __qcow2_commit(qt, full, drain);
+	qt->commit_error = r;
+	qcow2_count(qt, QCOW2_STAT_COMMITS);
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_USECS,
+			div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
+	return r;
+}
+
+/*
  * Group commit: a caller needs a commit that started after it called; one
  * that started later and finished serves it too.  With lazy refcounts a
  * flush leaves refcount blocks in memory (@full false); a full commit writes
@@ -1242,37 +1283,28 @@ int qcow2_commit(struct qcow2_target *qt, bool full)
 	started = full ? &qt->full_commits_started : &qt->commits_started;
 	seen = READ_ONCE(*started);
 	mutex_lock(&qt->commit_mutex);
-	if (*started > seen) {
+	if (*started > seen)
 		r = qt->commit_error;
-	} else {
-		u64 t0 = ktime_get_ns();
-
-		qt->commits_started++;
-		if (full)
-			qt->full_commits_started++;
-		r = __qcow2_commit(qt, full);
-		qt->commit_error = r;
-		qcow2_count(qt, QCOW2_STAT_COMMITS);
-		qcow2_count_add(qt, QCOW2_STAT_COMMIT_USECS,
-				div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
-	}
+	else
+		r = qcow2_commit_run(qt, full, false);
 	mutex_unlock(&qt->commit_mutex);
 	return r;
 }
 
 /*
- * Clean shutdown or suspend: write everything back and, with lazy
- * refcounts, clear the dirty bit.
+ * Clean shutdown, suspend or the commit message: write everything back,
+ * the entries of writes in flight too (no cluster they allocated is leaked
+ * on disk), and, with lazy refcounts, clear the dirty bit.
  */
 int qcow2_commit_clean(struct qcow2_target *qt)
 {
 	int r;
 
-	r = qcow2_commit(qt, true);
+	mutex_lock(&qt->commit_mutex);
+	r = qcow2_commit_run(qt, true, true);
 	/* Anything dirtied while it ran (nothing, once quiesced): write it too. */
 	if (!r && qcow2_cache_has_dirty(qt->cache))
-		r = qcow2_commit(qt, true);
-	mutex_lock(&qt->commit_mutex);
+		r = qcow2_commit_run(qt, true, true);
 	if (!r && qt->dirty_bit)
 		r = qcow2_set_dirty_bit(qt, false);
 	mutex_unlock(&qt->commit_mutex);
@@ -2248,9 +2280,15 @@ static void qcow2_alloc_unlock(struct qcow2_target *qt, u64 gc, unsigned int fro
 		qcow2_cluster_unlock(qt, qcow2_cluster_bit(gc + from));
 }
 
+static void qcow2_fast_put(struct qcow2_target *qt, atomic_t *count)
+{
+	if (atomic_dec_and_test(count))
+		wake_up(&qt->fast_wait);
+}
+
 /*
  * Start an update in map(), its cluster locks held: false if a commit is
- * keeping such updates out (release it then, with qcow2_alloc_release()).
+ * keeping such updates out (give up then, with qcow2_alloc_abort()).
  */
 static bool qcow2_alloc_begin(struct qcow2_target *qt)
 {
@@ -2259,12 +2297,30 @@ static bool qcow2_alloc_begin(struct qcow2_target *qt)
 	return !READ_ONCE(qt->fast_blocked);
 }
 
+/* An update in map() that changed nothing: let go of it. */
+static void qcow2_alloc_abort(struct qcow2_target *qt, struct qcow2_bio *qb)
+{
+	qcow2_alloc_unlock(qt, qb->alloc_gc, 0, qb->alloc_n);
+	qcow2_fast_put(qt, &qt->fast_updates);
+}
+
+/*
+ * The metadata changes of an update in map() are made, but for the entries,
+ * which the completion of its data write stores: commits need not wait for
+ * that write, only commits that write L2 slices from the cache itself do
+ * (fast_stores).
+ */
+static void qcow2_alloc_started(struct qcow2_target *qt)
+{
+	atomic_inc(&qt->fast_stores);
+	qcow2_fast_put(qt, &qt->fast_updates);
+}
+
 /* The end of an update made in map(): in any context. */
 static void qcow2_alloc_release(struct qcow2_target *qt, struct qcow2_bio *qb)
 {
 	qcow2_alloc_unlock(qt, qb->alloc_gc, 0, qb->alloc_n);
-	if (atomic_dec_and_test(&qt->fast_updates))
-		wake_up(&qt->fast_wait);
+	qcow2_fast_put(qt, &qt->fast_stores);
 }
 
 /*
@@ -2299,8 +2355,6 @@ static void qcow2_alloc_end_io(struct bio *w)
 	struct qcow2_target *qt = qb->qt;
 	const struct qcow2_info *qi = &qcow2_top(qt)->qi;
 	blk_status_t st = w->bi_status;
-	struct qcow2_l2_entry e;
-	unsigned int i;
 
 	bio_put(w);
 	if (qb->cow_src) {
@@ -2309,6 +2363,8 @@ static void qcow2_alloc_end_io(struct bio *w)
 	}
 	if (st) {
 		bio->bi_status = st;
+		qcow2_slice_store_l2(qt->cache, qb->alloc_l2, qi, qb->alloc_idx,
+				     qb->alloc_entry, 0);
 		/*
 		 * Release first: the worker that gives the cluster back may
 		 * queue behind workers that wait for this cluster lock.  Until
@@ -2325,11 +2381,8 @@ static void qcow2_alloc_end_io(struct bio *w)
 		return;
 	}
 	/* The data is written: now the entries may point to it. */
-	e = qb->alloc_entry;
-	for (i = 0; i < qb->alloc_n; i++) {
-		qcow2_l2_entry_store(qi, qb->alloc_l2, qb->alloc_idx + i, &e);
-		e.entry += qi->cluster_size;
-	}
+	qcow2_slice_store_l2(qt->cache, qb->alloc_l2, qi, qb->alloc_idx,
+			     qb->alloc_entry, qb->alloc_n);
 	qcow2_alloc_release(qt, qb);
 	bio_endio(bio);
 }
@@ -2466,7 +2519,7 @@ static bool qcow2_alloc_whole_in_map(struct qcow2_target *qt, struct bio *bio, u
 					h = c;
 			}
 			if (i)
-				qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+				qcow2_slice_mark_store(qt->cache, s, QCOW2_GROUP_MAPPING);
 			mutex_unlock(&qt->meta_lock);
 		}
 		qcow2_cache_unreserve(qt->cache, QCOW2_MAP_RUN_SLICES);
@@ -2475,12 +2528,13 @@ static bool qcow2_alloc_whole_in_map(struct qcow2_target *qt, struct bio *bio, u
 		bio_put(w);
 		goto put;
 	}
+	qcow2_alloc_started(qt);
 	qcow2_alloc_unlock(qt, gc, i, n);
 	qb->alloc_n = i;
 	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
 	qcow2_count_add(qt, QCOW2_STAT_MAP_ALLOCS, i);
-	/* Dirty now: stays in the cache, unwritten, until the entries are in. */
-	qb->alloc_l2 = qcow2_slice_data(s);
+	/* Dirty now, and written from copies only until the entries are in. */
+	qb->alloc_l2 = s;
 	qb->alloc_idx = first;
 	qcow2_slice_put(qt->cache, s);
 	qb->alloc_entry.entry = h | QCOW2_OFLAG_COPIED;
@@ -2500,7 +2554,7 @@ static bool qcow2_alloc_whole_in_map(struct qcow2_target *qt, struct bio *bio, u
 put:
 	qcow2_slice_put(qt->cache, s);
 release:
-	qcow2_alloc_release(qt, qb);
+	qcow2_alloc_abort(qt, qb);
 	return false;
 }
 
@@ -2519,10 +2573,10 @@ release:
  * was zeroed ahead, or with the fill that another bio of ours first reads
  * from the layer below (its completion has a worker submit the write); the
  * write's completion stores the L2 entry, so that nothing sees the entry
- * before the data, and completes @bio.  Until then the cluster lock is held and
- * fast_updates counts the update, which keeps commits out: the L2 slice,
- * dirty from here on, is neither evicted nor written back before the entry
- * is in it.  This saves the worker's two wakeups (one, with a copy: the
+ * before the data, and completes @bio.  Until then the cluster lock is held
+ * and fast_stores counts the update: the L2 slice, dirty from here on, is
+ * neither evicted nor written back from the cache before the entry is in
+ * it, and stays dirty after a commit wrote a copy of it.  This saves the worker's two wakeups (one, with a copy: the
  * write is submitted from process context).  Returns false, having
  * changed nothing, when the worker must do the write.  Nothing here may
  * wait for I/O, not even to report corruption: a bio submitted from map()
@@ -2625,11 +2679,11 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	if (!qb->alloc_new) {
 		/* Subclusters of a host cluster of ours: no allocator, no meta_lock. */
 		h = own;
-		qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+		qcow2_slice_mark_store(qt->cache, s, QCOW2_GROUP_MAPPING);
 	} else if (mutex_trylock(&qt->meta_lock)) {
 		h = __qcow2_alloc_cluster(qt, true, fill && w ? &zeroed : NULL);
 		if (h >= 0)
-			qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
+			qcow2_slice_mark_store(qt->cache, s, QCOW2_GROUP_MAPPING);
 		mutex_unlock(&qt->meta_lock);
 		if (h >= 0 && fill && !zeroed && !src)
 			qcow2_zero_ahead_kick(qt);
@@ -2637,6 +2691,7 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 	qcow2_cache_unreserve(qt->cache, QCOW2_MAP_ALLOC_SLICES);
 	if (h < 0)
 		goto put;
+	qcow2_alloc_started(qt);
 	qcow2_count(qt, QCOW2_STAT_MAP_WRITES);
 	if (qb->alloc_new)
 		qcow2_count(qt, QCOW2_STAT_MAP_ALLOCS);
@@ -2644,8 +2699,8 @@ bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio)
 		qcow2_count(qt, QCOW2_STAT_COPIES);
 	else if (fill)
 		qcow2_count(qt, zeroed ? QCOW2_STAT_ZEROED_ALLOCS : QCOW2_STAT_ZERO_FILLS);
-	/* Dirty now: stays in the cache, unwritten, until the entry is in. */
-	qb->alloc_l2 = qcow2_slice_data(s);
+	/* Dirty now, and written from copies only until the entry is in. */
+	qb->alloc_l2 = s;
 	qcow2_slice_put(qt->cache, s);
 	qb->alloc_entry.entry = h | QCOW2_OFLAG_COPIED;
 	qb->alloc_entry.bitmap = old.bitmap;
@@ -2689,7 +2744,7 @@ put:
 		bio_put(w);
 	qcow2_slice_put(qt->cache, s);
 release:
-	qcow2_alloc_release(qt, qb);
+	qcow2_alloc_abort(qt, qb);
 	return false;
 }
 

@@ -166,8 +166,10 @@ struct qcow2_target {
 	bool suspended;			/* postsuspend ran: resume re-reads the image */
 	/* hashed guest-cluster bit locks; released in any context */
 	unsigned long cluster_locks[BITS_TO_LONGS(1 << QCOW2_CLUSTER_LOCK_BITS)];
-	/* allocations made in map() whose entry is not stored yet */
+	/* allocations in map() changing metadata; commits wait for them */
 	atomic_t fast_updates;
+	/* ... whose data is written and entries stored later (qcow2_alloc_end_io) */
+	atomic_t fast_stores;
 	bool fast_blocked;		/* a commit waits: map() allocates nothing */
 	wait_queue_head_t fast_wait;
 	unsigned long l2_busy;		/* hashed L1 entries: new L2 table being written */
@@ -216,7 +218,7 @@ struct qcow2_bio {
 	unsigned int alloc_n;
 	unsigned int alloc_idx;
 	bool alloc_new;
-	void *alloc_l2;			/* the L2 slice's data (dirty) */
+	struct qcow2_slice *alloc_l2;	/* the L2 slice (dirty, stores to come) */
 	struct qcow2_l2_entry alloc_entry;
 	struct bio *cow_src;		/* reads the fill, or NULL */
 	struct bio *cow_write;		/* writes it, once read */
@@ -256,6 +258,11 @@ void qcow2_cache_add_zeroed(struct qcow2_cache *cache, struct qcow2_layer *layer
 			    u64 offset, u64 len);
 void qcow2_slice_mark_dirty(struct qcow2_cache *cache, struct qcow2_slice *s,
 			    unsigned int group);
+void qcow2_slice_mark_store(struct qcow2_cache *cache, struct qcow2_slice *s,
+			    unsigned int group);
+void qcow2_slice_store_l2(struct qcow2_cache *cache, struct qcow2_slice *s,
+			  const struct qcow2_info *qi, unsigned int idx,
+			  struct qcow2_l2_entry e, unsigned int n);
 bool qcow2_cache_reserve(struct qcow2_cache *cache, unsigned int n);
 void qcow2_cache_unreserve(struct qcow2_cache *cache, unsigned int n);
 bool qcow2_cache_has_dirty(struct qcow2_cache *cache);
