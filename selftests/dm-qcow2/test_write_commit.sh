@@ -31,9 +31,17 @@
 #      (commit_redirtied counts it; an L2 slice of a new table is never in
 #      a copy), and no commit may have kept updates out until it was
 #      durable (commit_locked: new L2 tables do not stop updates);
-#   d) both devices are read, removed (the last commit writes what is still
+#   d) a commit while an allocating write is in flight: in an L2 table of B
+#      of its own, write a block (and flush), then, from a thread, a block
+#      into another cluster of that table (allocated in map(): the L2 entry
+#      is stored when the 100 ms data write completes) and a flush while it
+#      is in flight.  The commit copies the slice without the entry and must
+#      leave it dirty (commit_redirtied); tried in the next table, waiting
+#      0.03, 0.01, 0.06, 0, 0.02 and 0.045 s before the flush, until it
+#      counts, else the test fails;
+#   e) both devices are read, removed (the last commit writes what is still
 #      dirty), `qemu-img check` must exit 0 and QEMU must read each image as
-#      the device did: the second blocks of b) and c) too.
+#      the device did: the second blocks of b), c) and d) too.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -52,7 +60,7 @@ SEED=$(_wseed)
 echo "# fio seed $SEED (reproduce with QCOW2_SEED=$SEED; round n uses seed $SEED+n)"
 
 ktap_header
-ktap_plan 5
+ktap_plan 6
 
 # _window DEV OFF1 OFF2 SECS   a block at OFF1, a flush, SECS later a block at
 # OFF2 (both 4 KiB of 0x5c)
@@ -70,6 +78,28 @@ flush.start()
 time.sleep(secs)
 assert os.pwrite(fd, buf, off2) == 4096
 flush.join()
+os.close(fd)
+PYEOF
+}
+
+# _inflight DEV OFF1 OFF2 SECS   a block at OFF1 and a flush; then a block at
+# OFF2 from a thread and, SECS later, a flush while it is in flight (4 KiB
+# of 0x3a each)
+_inflight()
+{
+	python3 - "$@" <<'PYEOF'
+import mmap, os, sys, threading, time
+dev, off1, off2, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+buf = mmap.mmap(-1, 4096)
+buf.write(b"\x3a" * 4096)
+fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
+assert os.pwrite(fd, buf, off1) == 4096
+os.fsync(fd)
+write = threading.Thread(target=os.pwrite, args=(fd, buf, off2))
+write.start()
+time.sleep(secs)
+os.fsync(fd)
+write.join()
 os.close(fd)
 PYEOF
 }
@@ -164,6 +194,26 @@ _result "c) a new L2 table while the L1 sector's copy is written; no commit lock
 
 # --- d) ----------------------------------------------------------------------
 rc=0
+counted=0
+n=16
+for secs in 0.03 0.01 0.06 0 0.02 0.045; do
+	r0=$(_wstat "${P}b" commit_redirtied)
+	m0=$(_wstat "${P}b" map_allocs)
+	_inflight "$DEV_B" $((n * 2 * M)) $((n * 2 * M + (64 << 10))) "$secs" ||
+		{ _qdiag "d) writes or flushes failed"; rc=1; break; }
+	redirtied=$(($(_wstat "${P}b" commit_redirtied) - r0))
+	mapped=$(($(_wstat "${P}b" map_allocs) - m0))
+	_qdiag "d) table $n, flush after $secs s: commit_redirtied +$redirtied, map_allocs +$mapped"
+	[ "$redirtied" -gt 0 ] && { counted=1; break; }
+	n=$((n + 1))
+done
+[ $rc -ne 0 ] || [ $counted -eq 1 ] ||
+	{ _qdiag "d) no commit copied a slice while an entry was to come: nothing tested"; rc=1; }
+_check_wstatus "${P}b" rw || rc=1
+_result "d) a commit while an allocation made in map() is in flight" $rc
+
+# --- e) ----------------------------------------------------------------------
+rc=0
 for x in a b; do
 	img=$WORK/$x.qcow2
 	dd if="/dev/mapper/$P$x" of="$WORK/dm.raw" bs=1M iflag=direct status=none || rc=1
@@ -178,5 +228,5 @@ for x in a b; do
 	rm -f "$WORK/dm.raw" "$WORK/qemu.raw"
 done
 _check_dmesg_clean || rc=1
-_result "d) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
+_result "e) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
 ktap_finish
