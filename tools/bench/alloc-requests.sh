@@ -21,9 +21,10 @@
 # and fsyncs after each, so that commits of the target run while the
 # allocating writes go on (fio's own fsync=N would wait for the writes in
 # flight first); its IOPS are printed too.  ALLOC_FLUSH_MS=MS puts dm-delay
-# between the disk and the target, delaying only flushes, by MS
-# milliseconds (a device whose cache flush is slow; null_blk then gets a
-# write cache of 1 GiB).
+# between the disk and the target, delaying flushes by MS milliseconds (a
+# device whose cache flush is slow; null_blk then gets a write cache of
+# 1 GiB), and ALLOC_WRITE_MS=MS with it delays writes too (a device with
+# slow writes: data and metadata alike).
 #
 # Maps an empty 64 GiB image (64 KiB clusters by default) on the first disk, runs IOS
 # (default 16384) random 4k writes at queue depth QD (default 32) with fio,
@@ -55,7 +56,7 @@ qemu-img create -q -f qcow2 -o "cluster_size=${ALLOC_CLUSTER:-65536},extended_l2
 trap 'dmsetup remove alloc-req 2>/dev/null || true; dmsetup remove alloc-req-delay 2>/dev/null || true' EXIT
 if [ -n "${ALLOC_FLUSH_MS:-}" ]; then
 	dmsetup create alloc-req-delay --table \
-		"0 $(blockdev --getsz "$disk") delay $disk 0 0 $disk 0 0 $disk 0 $ALLOC_FLUSH_MS"
+		"0 $(blockdev --getsz "$disk") delay $disk 0 0 $disk 0 ${ALLOC_WRITE_MS:-0} $disk 0 $ALLOC_FLUSH_MS"
 	dev=/dev/mapper/alloc-req-delay
 fi
 dmsetup create alloc-req --table "0 $((64 << 21)) qcow2 $dev"
@@ -73,7 +74,7 @@ fio --filename=/dev/mapper/alloc-req --direct=1 --ioengine=libaio --bs=4k --size
 	> /tmp/alloc-req.fio
 read -r w1 m1 <<< "$(stat_w)"
 iops=$(awk -F';' '$3 == "w" { print $49 }' /tmp/alloc-req.fio)
-echo "fio: $ios random 4k writes at QD$qd${ALLOC_FLUSH_MS:+ (flushes delayed $ALLOC_FLUSH_MS ms)}: $iops IOPS"
+echo "fio: $ios random 4k writes at QD$qd${ALLOC_FLUSH_MS:+ (flushes delayed $ALLOC_FLUSH_MS ms)}${ALLOC_WRITE_MS:+ (writes $ALLOC_WRITE_MS ms)}: $iops IOPS"
 [ ${#flusher[@]} = 0 ] ||
 	echo "fio: meanwhile 4k writes, each followed by fsync: $(awk -F';' '$3 == "f" { print $49 }' /tmp/alloc-req.fio) IOPS"
 echo "disk $name: $((w1 - w0)) write requests completed, $((m1 - m0)) merged"
