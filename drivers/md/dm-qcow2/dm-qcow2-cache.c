@@ -555,6 +555,9 @@ void qcow2_cache_invalidate(struct qcow2_cache *c, struct qcow2_layer *layer,
 		s = qcow2_lookup(c, layer, off);
 		if (!s || s->pins)
 			continue;
+		/* An entry store to come: the table is in use, never free. */
+		if (WARN_ON_ONCE(atomic_read(&s->stores)))
+			continue;
 		hash_del(&s->hash);
 		list_del_init(&s->lru);
 		if (test_and_clear_bit(QCOW2_SLICE_DIRTY, &s->flags))
