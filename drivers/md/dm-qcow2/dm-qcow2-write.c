@@ -47,8 +47,8 @@
  * one that writes slices from the cache itself, or must include every
  * write in flight, waits for them.
  * Workers of qt->wq wait for cluster locks, and there are only so many of
- * them: nothing that holds a cluster lock (or fast_updates) may wait for an
- * item of qt->wq.  The write of a copy made in map() is submitted from
+ * them: nothing that holds a cluster lock (or counts in fast_updates or
+ * fast_stores) may wait for an item of qt->wq.  The write of a copy made in map() is submitted from
  * qt->io_wq, and a failed allocation in map() lets go of its lock before a
  * worker gives its cluster back.
  */
@@ -2576,9 +2576,10 @@ release:
  * before the data, and completes @bio.  Until then the cluster lock is held
  * and fast_stores counts the update: the L2 slice, dirty from here on, is
  * neither evicted nor written back from the cache before the entry is in
- * it, and stays dirty after a commit wrote a copy of it.  This saves the worker's two wakeups (one, with a copy: the
- * write is submitted from process context).  Returns false, having
- * changed nothing, when the worker must do the write.  Nothing here may
+ * it, and stays dirty after a commit wrote a copy of it.  This saves the
+ * worker's two wakeups (one, with a copy: the write is submitted from
+ * process context).  Returns false, having changed nothing, when the
+ * worker must do the write.  Nothing here may
  * wait for I/O, not even to report corruption: a bio submitted from map()
  * is queued until map() returns, so waiting for it would never end.
  */
