@@ -62,44 +62,31 @@ echo "# fio seed $SEED (reproduce with QCOW2_SEED=$SEED; round n uses seed $SEED
 ktap_header
 ktap_plan 6
 
-# _window DEV OFF1 OFF2 SECS   a block at OFF1, a flush, SECS later a block at
-# OFF2 (both 4 KiB of 0x5c)
-_window()
+# _race MODE DEV OFF1 OFF2 SECS   4 KiB blocks at OFF1 and OFF2 around a flush:
+#   window: the block at OFF1, a flush from a thread, SECS later the block
+#           at OFF2 (while the flush's commit writes its copies);
+#   inflight: the block at OFF1 and a flush, then the block at OFF2 from a
+#           thread and, SECS later, a flush while that write is in flight.
+_race()
 {
 	python3 - "$@" <<'PYEOF'
 import mmap, os, sys, threading, time
-dev, off1, off2, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+mode, dev, off1, off2 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+secs = float(sys.argv[5])
 buf = mmap.mmap(-1, 4096)
-buf.write(b"\x5c" * 4096)
+buf.write((b"\x5c" if mode == "window" else b"\x3a") * 4096)
 fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
 assert os.pwrite(fd, buf, off1) == 4096
-flush = threading.Thread(target=os.fsync, args=(fd,))
-flush.start()
+if mode == "inflight":
+    os.fsync(fd)
+    first, second = (os.pwrite, (fd, buf, off2)), (os.fsync, (fd,))
+else:
+    first, second = (os.fsync, (fd,)), (os.pwrite, (fd, buf, off2))
+t = threading.Thread(target=first[0], args=first[1])
+t.start()
 time.sleep(secs)
-assert os.pwrite(fd, buf, off2) == 4096
-flush.join()
-os.close(fd)
-PYEOF
-}
-
-# _inflight DEV OFF1 OFF2 SECS   a block at OFF1 and a flush; then a block at
-# OFF2 from a thread and, SECS later, a flush while it is in flight (4 KiB
-# of 0x3a each)
-_inflight()
-{
-	python3 - "$@" <<'PYEOF'
-import mmap, os, sys, threading, time
-dev, off1, off2, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-buf = mmap.mmap(-1, 4096)
-buf.write(b"\x3a" * 4096)
-fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
-assert os.pwrite(fd, buf, off1) == 4096
-os.fsync(fd)
-write = threading.Thread(target=os.pwrite, args=(fd, buf, off2))
-write.start()
-time.sleep(secs)
-os.fsync(fd)
-write.join()
+second[0](*second[1])
+t.join()
 os.close(fd)
 PYEOF
 }
@@ -115,7 +102,7 @@ _windows()
 	for secs in 0.15 0.3 0.05 0.5 0.1 0.2; do
 		n=$((n + 1))
 		r0=$(_wstat "${dev#/dev/mapper/}" commit_redirtied)
-		_window "$dev" $((n * stride + first)) $((n * stride + second)) "$secs" ||
+		_race window "$dev" $((n * stride + first)) $((n * stride + second)) "$secs" ||
 			{ _qdiag "$what) writes or flush failed"; return 1; }
 		redirtied=$(($(_wstat "${dev#/dev/mapper/}" commit_redirtied) - r0))
 		_qdiag "$what) region $n, second write after $secs s: commit_redirtied +$redirtied"
@@ -199,7 +186,7 @@ n=16
 for secs in 0.03 0.01 0.06 0 0.02 0.045; do
 	r0=$(_wstat "${P}b" commit_redirtied)
 	m0=$(_wstat "${P}b" map_allocs)
-	_inflight "$DEV_B" $((n * 2 * M)) $((n * 2 * M + (64 << 10))) "$secs" ||
+	_race inflight "$DEV_B" $((n * 2 * M)) $((n * 2 * M + (64 << 10))) "$secs" ||
 		{ _qdiag "d) writes or flushes failed"; rc=1; break; }
 	redirtied=$(($(_wstat "${P}b" commit_redirtied) - r0))
 	mapped=$(($(_wstat "${P}b" map_allocs) - m0))
