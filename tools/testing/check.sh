@@ -18,7 +18,8 @@ start=$(date +%s)
 record_dir=${CHECK_RECORD_DIR-${XDG_CACHE_HOME:-$HOME/.cache}/dm-qcow2/check-runs}
 record=/dev/null
 if [ -n "$record_dir" ] && mkdir -p "$record_dir"; then
-	record=$record_dir/$(date -u +%Y%m%dT%H%M%S)-$(git rev-parse --short HEAD 2>/dev/null || echo none).txt
+	# The PID: two runs started in the same second keep a record each.
+	record=$record_dir/$(date -u +%Y%m%dT%H%M%S)-$(git rev-parse --short HEAD 2>/dev/null || echo none)-$$.txt
 	echo "# make check of $(git log -1 --format='%h %s' 2>/dev/null) at $(date -u +%FT%TZ), kernels: $*" > "$record"
 	find "$record_dir" -name '*.txt' | sort | head -n -20 | xargs -r rm -f
 fi
