@@ -118,7 +118,7 @@ _delay_map()
 {
 	local loop vs
 
-	vs=$(qemu-img info --output=json "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])') &&
+	vs=$(_vsize "$2") && [ -n "$vs" ] &&
 		loop=$(_wimg_attach "$2") &&
 		_dm_create "$1delay" "0 $(blockdev --getsz "$loop") delay $loop 0 0 $loop 0 100" &&
 		_dm_create "$1" "$(_qcow2_table "/dev/mapper/$1delay" $((vs / 512)))"
