@@ -39,9 +39,18 @@
 #      leave it dirty (commit_redirtied); tried in the next table, waiting
 #      0.03, 0.01, 0.06, 0, 0.02 and 0.045 s before the flush, until it
 #      counts, else the test fails;
-#   e) both devices are read, removed (the last commit writes what is still
+#   e) the same with a worker's write: after a block in one table of B and
+#      a flush, a block from a thread into a table of B that does not exist
+#      yet (a worker allocates the table, then the cluster, and writes the
+#      data, 100 ms each) and a flush while it is in flight.  The worker's
+#      update ends before its data write, so the commit copies the new
+#      table's slice before the entry is in it and must leave it dirty
+#      (commit_redirtied; a commit that waited for the whole update would
+#      copy the slice with the entry); tried in the next pair of tables,
+#      waiting 0.05, 0.15, 0.02, 0.25 and 0.1 s, until it counts;
+#   f) both devices are read, removed (the last commit writes what is still
 #      dirty), `qemu-img check` must exit 0 and QEMU must read each image as
-#      the device did: the second blocks of b), c) and d) too.
+#      the device did: the second blocks of b) to e) too.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -60,7 +69,7 @@ SEED=$(_wseed)
 echo "# fio seed $SEED (reproduce with QCOW2_SEED=$SEED; round n uses seed $SEED+n)"
 
 ktap_header
-ktap_plan 6
+ktap_plan 7
 
 # _race MODE DEV OFF1 OFF2 SECS   4 KiB blocks at OFF1 and OFF2 around a flush:
 #   window: the block at OFF1, a flush from a thread, SECS later the block
@@ -201,6 +210,27 @@ _result "d) a commit while an allocation made in map() is in flight" $rc
 
 # --- e) ----------------------------------------------------------------------
 rc=0
+counted=0
+n=22
+for secs in 0.05 0.15 0.02 0.25 0.1; do
+	r0=$(_wstat "${P}b" commit_redirtied)
+	w0=$(_wstat "${P}b" worker_allocs)
+	_race inflight "$DEV_B" $((n * 2 * M)) $(((n + 1) * 2 * M)) "$secs" ||
+		{ _qdiag "e) writes or flushes failed"; rc=1; break; }
+	redirtied=$(($(_wstat "${P}b" commit_redirtied) - r0))
+	worker=$(($(_wstat "${P}b" worker_allocs) - w0))
+	_qdiag "e) tables $n and $((n + 1)), flush after $secs s: commit_redirtied +$redirtied, worker_allocs +$worker"
+	[ "$worker" -ge 2 ] || { _qdiag "e) the workers allocated $worker clusters, not 2"; rc=1; break; }
+	[ "$redirtied" -gt 0 ] && { counted=1; break; }
+	n=$((n + 2))
+done
+[ $rc -ne 0 ] || [ $counted -eq 1 ] ||
+	{ _qdiag "e) no commit copied a slice while a worker's entry was to come: nothing tested"; rc=1; }
+_check_wstatus "${P}b" rw || rc=1
+_result "e) a commit while a worker's allocating write is in flight" $rc
+
+# --- f) ----------------------------------------------------------------------
+rc=0
 for x in a b; do
 	img=$WORK/$x.qcow2
 	dd if="/dev/mapper/$P$x" of="$WORK/dm.raw" bs=1M iflag=direct status=none || rc=1
@@ -215,5 +245,5 @@ for x in a b; do
 	rm -f "$WORK/dm.raw" "$WORK/qemu.raw"
 done
 _check_dmesg_clean || rc=1
-_result "e) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
+_result "f) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
 ktap_finish

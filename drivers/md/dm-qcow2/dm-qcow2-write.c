@@ -36,16 +36,19 @@
  * locks); metadata state (tables, cache contents, allocator) under
  * meta_lock, never held across data I/O nor the write of a new L2 table
  * (qcow2_l2_writable()); updates hold update_sem for read
- * from their first metadata change to their last, and a commit holds it for
- * write while it copies or writes the slices, so it never sees a cluster
- * allocated but not yet mapped.  A write
+ * while they change metadata, and a commit holds it for write while it
+ * copies or writes the slices.  A write
  * that allocates in map() (qcow2_alloc_in_map()) only tries its locks and
  * counts itself in fast_updates instead of update_sem while it changes
- * metadata; commits wait for that count too.  Its L2 entry is stored when
- * its data write completes, in any context (fast_stores counts those to
- * come): a commit that copies the L2 slice meanwhile leaves it dirty, and
- * one that writes slices from the cache itself, or must include every
- * write in flight, waits for them.
+ * metadata; commits wait for that count too.  Data is written outside
+ * updates: the L2 entry that points to it is stored when the write is done
+ * (by its completion, in any context, for map(); by the worker after it
+ * for workers), and fast_stores counts the stores to come.  A commit that
+ * copies the L2 slice meanwhile (its refcounts count the cluster, its
+ * entries do not yet: a leak at worst) leaves it dirty, and one that writes
+ * slices from the cache itself, or must include every write in flight,
+ * waits for them.  A free of what such an entry pointed to before is queued
+ * in an update after the store.
  * Workers of qt->wq wait for cluster locks, and there are only so many of
  * them: nothing that holds a cluster lock (or counts in fast_updates or
  * fast_stores) may wait for an item of qt->wq.  The write of a copy made in map() is submitted from
@@ -1004,6 +1007,12 @@ static int qcow2_apply_deferred(struct qcow2_target *qt, struct list_head *list)
 	return r ?: n;
 }
 
+static void qcow2_fast_put(struct qcow2_target *qt, atomic_t *count)
+{
+	if (atomic_dec_and_test(count))
+		wake_up(&qt->fast_wait);
+}
+
 /*
  * Exclude every update: those of workers (update_sem) and the allocations
  * made in map(), counted in fast_updates until their metadata changes are
@@ -1788,9 +1797,53 @@ static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1
 }
 
 /*
+ * The entry stores of a worker's update, made after its data write (as for
+ * an allocation in map(): see qcow2_alloc_in_map()): @n of them into L2
+ * slice @s.  Called in the update; fast_stores counts it from here to
+ * qcow2_worker_stored(), so that a commit need not wait for the data write:
+ * it copies the slice without the entries and leaves it dirty.
+ */
+static void qcow2_worker_store_begin(struct qcow2_target *qt, struct qcow2_slice *s,
+				     unsigned int n)
+{
+	while (n--)
+		qcow2_slice_mark_store(qt->cache, s, QCOW2_GROUP_MAPPING);
+	atomic_inc(&qt->fast_stores);
+}
+
+static void qcow2_worker_stored(struct qcow2_target *qt)
+{
+	qcow2_fast_put(qt, &qt->fast_stores);
+}
+
+/*
+ * After a worker's data write failed (its entry stores cancelled): give the
+ * @n clusters at @host back, in an update of their own.  A commit may have
+ * made their refcounts durable meanwhile: until this one's, they are leaked,
+ * never referenced.
+ */
+static void qcow2_give_back(struct qcow2_target *qt, const u64 *host, unsigned int n)
+{
+	u32 cb = qcow2_top(qt)->qi.cluster_bits;
+	unsigned int i;
+
+	if (qcow2_begin_update(qt))
+		return;
+	mutex_lock(&qt->meta_lock);
+	for (i = 0; i < n; i++)
+		if (qcow2_refcount_add(qt, host[i] >> cb, -1, NULL))
+			break;
+	mutex_unlock(&qt->meta_lock);
+	qcow2_end_update(qt);
+}
+
+/*
  * Write [@off, @off + @len) of guest cluster @guest_cluster from @bio (or
- * zeros if @bio is NULL).  The whole update of one cluster happens under its
- * cluster lock.
+ * zeros if @bio is NULL), under its cluster lock.  The update allocates the
+ * host cluster and ends before the data is written; the entry is stored
+ * after the write, and the free of what it pointed to before (a shared or
+ * compressed cluster) queued in an update after that, never before: a
+ * commit takes the frees whose L2 changes its copies hold.
  */
 static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			       u32 off, u32 len, struct bio *bio)
@@ -1801,12 +1854,13 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	u64 l1_idx = guest_cluster >> (cb + qi->l2_bits);
 	u64 l2_idx = (guest_cluster >> cb) & ((1ULL << qi->l2_bits) - 1);
 	u32 slice_entries_bits = top->slice_bits - qi->l2_entry_shift;
+	unsigned int idx = l2_idx & ((1U << slice_entries_bits) - 1);
 	unsigned int sc_first = off >> scb, sc_last = (off + len - 1) >> scb, sc;
 	struct qcow2_l2_entry old, new;
 	enum qcow2_cluster_type t;
 	u64 slice_off, host, old_host = 0, free_len = 0;
 	bool in_place, alloc = false, want_zeros, zeroed = false;
-	bool fill_zero = false, buffered = false;
+	bool fill_zero = false, buffered = false, store;
 	struct qcow2_slice *s, *pre;
 	u32 start, end;
 	const char *err;
@@ -1820,9 +1874,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		r = PTR_ERR(s);
 		goto out;
 	}
-	qcow2_l2_entry_load(qi, qcow2_slice_data(s), l2_idx & ((1U << slice_entries_bits) - 1),
-			    &old);
-	qcow2_slice_put(qt->cache, s);
+	qcow2_l2_entry_load(qi, qcow2_slice_data(s), idx, &old);
 
 	for (sc = sc_first; sc <= sc_last; sc++) {
 		if (qcow2_sc_type(qt, &old, sc) == QCOW2_CL_INVALID) {
@@ -1865,6 +1917,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 			struct qcow2_compressed c;
 
 			if (qcow2_decode_compressed(qi, old.entry, top->dev_size, &c, &err)) {
+				qcow2_refcount_add(qt, host >> cb, -1, NULL);
 				qcow2_corrupt(qt, err);
 				r = -EIO;
 				goto unlock;
@@ -1884,7 +1937,6 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		new.entry = host;
 		new.bitmap = qi->extended_l2 && t != QCOW2_CL_COMPRESSED ? old.bitmap : 0;
 	}
-	mutex_unlock(&qt->meta_lock);
 
 	/*
 	 * The range to write: the bytes given, widened to whole subclusters
@@ -1902,6 +1954,25 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		end = qcow2_sc_type(qt, &old, sc_last) == QCOW2_CL_NORMAL && in_place ?
 			off + len : (sc_last + 1) << scb;
 	}
+
+	/* The entry once written (a standard one loses its zero flag). */
+	new.entry = (new.entry & ~(QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COMPRESSED)) |
+		    QCOW2_OFLAG_COPIED;
+	if (qi->extended_l2) {
+		for (sc = start >> scb; sc <= (end - 1) >> scb; sc++) {
+			new.bitmap |= 1ULL << sc;
+			new.bitmap &= ~(1ULL << (32 + sc));
+		}
+		if (!in_place && start == 0 && end == qi->cluster_size)
+			/* Copied whole: what was allocated before is now too. */
+			new.bitmap |= old.bitmap & QCOW2_L2_BITMAP_ALL_ALLOC;
+	}
+	store = new.entry != old.entry || new.bitmap != old.bitmap;
+	if (store)
+		qcow2_worker_store_begin(qt, s, 1);
+	qcow2_slice_put(qt->cache, s);
+	mutex_unlock(&qt->meta_lock);
+	qcow2_end_update(qt);
 
 	if (alloc)
 		qcow2_count(qt, QCOW2_STAT_WORKER_ALLOCS);
@@ -1944,40 +2015,27 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 		kvfree(buf);
 	}
 
-	mutex_lock(&qt->meta_lock);
+	/* The data is written: now the entry may point to it. */
+	if (store) {
+		qcow2_slice_store_l2(qt->cache, s, qi, idx, new, r ? 0 : 1);
+		qcow2_worker_stored(qt);
+	}
 	if (r) {
 		if (alloc)
-			qcow2_refcount_add(qt, host >> cb, -1, NULL);
-		goto unlock;
-	}
-	/* Map the written subclusters (a std. entry loses its zero flag). */
-	new.entry = (new.entry & ~(QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COMPRESSED)) |
-		    QCOW2_OFLAG_COPIED;
-	if (qi->extended_l2) {
-		for (sc = start >> scb; sc <= (end - 1) >> scb; sc++) {
-			new.bitmap |= 1ULL << sc;
-			new.bitmap &= ~(1ULL << (32 + sc));
+			qcow2_give_back(qt, &host, 1);
+	} else if (free_len) {
+		r = qcow2_begin_update(qt);
+		if (!r) {
+			mutex_lock(&qt->meta_lock);
+			r = qcow2_defer_free(qt, old_host, free_len);
+			mutex_unlock(&qt->meta_lock);
+			qcow2_end_update(qt);
 		}
-		if (!in_place && start == 0 && end == qi->cluster_size)
-			/* Copied whole: what was allocated before is now too. */
-			new.bitmap |= old.bitmap & QCOW2_L2_BITMAP_ALL_ALLOC;
 	}
-	if (new.entry != old.entry || new.bitmap != old.bitmap) {
-		s = qcow2_slice_get(qt->cache, top, slice_off, false);
-		if (IS_ERR(s)) {
-			r = PTR_ERR(s);
-			if (alloc)
-				qcow2_refcount_add(qt, host >> cb, -1, NULL);
-			goto unlock;
-		}
-		qcow2_l2_entry_store(qi, qcow2_slice_data(s),
-				     l2_idx & ((1U << slice_entries_bits) - 1), &new);
-		qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
-		qcow2_slice_put(qt->cache, s);
-	}
-	if (free_len)
-		r = qcow2_defer_free(qt, old_host, free_len);
+	goto out;
+
 unlock:
+	qcow2_slice_put(qt->cache, s);
 	mutex_unlock(&qt->meta_lock);
 	qcow2_end_update(qt);
 out:
@@ -2189,7 +2247,6 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 		if ((e.entry & no_host) || (qi->extended_l2 && (e.bitmap & QCOW2_L2_BITMAP_ALL_ALLOC)))
 			break;
 	}
-	qcow2_slice_put(qt->cache, s);
 	for (i = 0; i < k; i++) {
 		h = qcow2_alloc_cluster(qt);
 		if (h < 0)
@@ -2200,10 +2257,15 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 		/* The one-cluster path reports what went wrong, if anything. */
 		while (i--)
 			qcow2_refcount_add(qt, host[i] >> cb, -1, NULL);
+		qcow2_slice_put(qt->cache, s);
 		r = 0;
 		goto unlock;
 	}
+	/* The entries are stored once the data is written. */
+	qcow2_worker_store_begin(qt, s, k);
+	qcow2_slice_put(qt->cache, s);
 	mutex_unlock(&qt->meta_lock);
+	qcow2_end_update(qt);
 
 	atomic_set(&b.pending, 1);
 	init_completion(&b.done);
@@ -2229,24 +2291,20 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 		wait_for_completion_io(&b.done);
 	r = blk_status_to_errno(READ_ONCE(b.status));
 
-	mutex_lock(&qt->meta_lock);
-	s = r ? NULL : qcow2_slice_get(qt->cache, top, slice_off, false);
-	if (IS_ERR(s))
-		r = PTR_ERR(s);
-	if (r) {
-		for (i = 0; i < k; i++)
-			qcow2_refcount_add(qt, host[i] >> cb, -1, NULL);
-		goto unlock;
-	}
 	for (i = 0; i < k; i++) {
 		e.entry = host[i] | QCOW2_OFLAG_COPIED;
 		e.bitmap = qi->extended_l2 ? QCOW2_L2_BITMAP_ALL_ALLOC : 0;
-		qcow2_l2_entry_store(qi, qcow2_slice_data(s), first + i, &e);
+		qcow2_slice_store_l2(qt->cache, s, qi, first + i, e, r ? 0 : 1);
 	}
-	qcow2_slice_mark_dirty(qt->cache, s, QCOW2_GROUP_MAPPING);
-	qcow2_slice_put(qt->cache, s);
+	qcow2_worker_stored(qt);
+	if (r) {
+		qcow2_give_back(qt, host, k);
+		goto out;
+	}
 	qcow2_count_add(qt, QCOW2_STAT_WORKER_ALLOCS, k);
 	r = k;
+	goto out;
+
 unlock:
 	mutex_unlock(&qt->meta_lock);
 	qcow2_end_update(qt);
@@ -2278,12 +2336,6 @@ static void qcow2_alloc_unlock(struct qcow2_target *qt, u64 gc, unsigned int fro
 {
 	for (; from < to; from++)
 		qcow2_cluster_unlock(qt, qcow2_cluster_bit(gc + from));
-}
-
-static void qcow2_fast_put(struct qcow2_target *qt, atomic_t *count)
-{
-	if (atomic_dec_and_test(count))
-		wake_up(&qt->fast_wait);
 }
 
 /*
