@@ -12,8 +12,8 @@
 # file in $WORK on a loop device under dm-delay, which delays writes and
 # flushes by 100 ms, so that each commit lasts a few hundred milliseconds:
 # A (256 MiB, 64 KiB clusters: an L2 slice maps 32 MiB, one L2 table all of
-# it) and B (64 MiB, 4 KiB clusters: an L2 table maps 2 MiB, one L1 sector
-# all of it).
+# it), B (64 MiB, 4 KiB clusters: an L2 table maps 2 MiB, one L1 sector
+# all of it) and C (for f) only).
 #   a) a fio job writes 256 4 KiB blocks in random order, at iodepth 8, into
 #      the first 32 MiB of A (most blocks in a new cluster; fio verifies
 #      them), while the device is flushed every 0.2 s: commits must have
@@ -48,9 +48,15 @@
 #      (commit_redirtied; a commit that waited for the whole update would
 #      copy the slice with the entry); tried in the next pair of tables,
 #      waiting 0.05, 0.15, 0.02, 0.25 and 0.1 s, until it counts;
-#   f) both devices are read, removed (the last commit writes what is still
-#      dirty), `qemu-img check` must exit 0 and QEMU must read each image as
-#      the device did: the second blocks of b) to e) too.
+#   f) a commit that writes L1 sectors in runs: on C (64 MiB, 512-byte
+#      clusters: an L1 sector of 64 entries maps 2 MiB), a block in each
+#      2 MiB region of L1 sectors 0, 1, 2, 5, 6, 7 and 20 (each a new L2
+#      table), then one flush: the commit writes the runs [0, 3), [5, 8) and
+#      [20] of the L1 table as one request each, from one buffer; each must
+#      land where it belongs (checked in g));
+#   g) the three devices are read, removed (the last commit writes what is
+#      still dirty), `qemu-img check` must exit 0 and QEMU must read each
+#      image as the device did: the second blocks of b) to e) too.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -63,13 +69,15 @@ M=$((1 << 20))
 P=${QCOW2_DM_PREFIX}commit
 IMG_A=$WORK/a.qcow2
 IMG_B=$WORK/b.qcow2
+IMG_C=$WORK/c.qcow2
 DEV_A=/dev/mapper/${P}a
 DEV_B=/dev/mapper/${P}b
+DEV_C=/dev/mapper/${P}c
 SEED=$(_wseed)
 echo "# fio seed $SEED (reproduce with QCOW2_SEED=$SEED; round n uses seed $SEED+n)"
 
 ktap_header
-ktap_plan 7
+ktap_plan 8
 
 # _race MODE DEV OFF1 OFF2 SECS   4 KiB blocks at OFF1 and OFF2 around a flush:
 #   window: the block at OFF1, a flush from a thread, SECS later the block
@@ -138,13 +146,18 @@ rc=0
 qemu-img create -q -f qcow2 -o cluster_size=64k "$IMG_A" $((256 * M)) &&
 	_wroom "$IMG_A" $((256 * M)) &&
 	qemu-img create -q -f qcow2 -o cluster_size=4k "$IMG_B" $((64 * M)) &&
-	_wroom "$IMG_B" $((64 * M)) || { _qdiag "cannot create the images"; rc=1; }
+	_wroom "$IMG_B" $((64 * M)) &&
+	qemu-img create -q -f qcow2 -o cluster_size=512 "$IMG_C" $((64 * M)) &&
+	_wroom "$IMG_C" $((64 * M)) || { _qdiag "cannot create the images"; rc=1; }
 if [ $rc -eq 0 ]; then
-	_delay_map "${P}a" "$IMG_A" && _delay_map "${P}b" "$IMG_B" ||
+	_delay_map "${P}a" "$IMG_A" && _delay_map "${P}b" "$IMG_B" &&
+		_delay_map "${P}c" "$IMG_C" ||
 		{ _qdiag "cannot map the images over dm-delay"; rc=1; }
 fi
-[ $rc -eq 0 ] && { _check_wstatus "${P}a" rw && _check_wstatus "${P}b" rw || rc=1; }
-_result "two images in files, under dm-delay (writes and flushes 100 ms), mapped" $rc
+for x in a b c; do
+	[ $rc -eq 0 ] && { _check_wstatus "$P$x" rw || rc=1; }
+done
+_result "three images in files, under dm-delay (writes and flushes 100 ms), mapped" $rc
 [ $rc -eq 0 ] || ktap_finish
 
 # --- a) ----------------------------------------------------------------------
@@ -231,7 +244,26 @@ _result "e) a commit while a worker's allocating write is in flight" $rc
 
 # --- f) ----------------------------------------------------------------------
 rc=0
-for x in a b; do
+c0=$(_wstat "${P}c" commits)
+python3 - "$DEV_C" <<'PYEOF' || { _qdiag "f) writes failed"; rc=1; }
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+for sec in (0, 1, 2, 5, 6, 7, 20):
+    buf[:] = os.urandom(4096)
+    assert os.pwrite(fd, buf, sec * (2 << 20) + (12 << 10)) == 4096
+os.close(fd)
+PYEOF
+commits=$(($(_wstat "${P}c" commits) - c0))
+[ "$commits" -eq 0 ] || { _qdiag "f) $commits commits before the flush: not one run"; rc=1; }
+_fsync "$DEV_C" || { _qdiag "f) fsync failed"; rc=1; }
+_qdiag "f) stats: $(dmsetup message "${P}c" 0 stats | grep -E '^(commit|zeroed_tables|worker_allocs)' | tr '\n' ' ')"
+_check_wstatus "${P}c" rw || rc=1
+_result "f) one commit writes runs of L1 sectors" $rc
+
+# --- g) ----------------------------------------------------------------------
+rc=0
+for x in a b c; do
 	img=$WORK/$x.qcow2
 	dd if="/dev/mapper/$P$x" of="$WORK/dm.raw" bs=1M iflag=direct status=none || rc=1
 	_dm_remove "$P$x" >/dev/null || rc=1
@@ -245,5 +277,5 @@ for x in a b; do
 	rm -f "$WORK/dm.raw" "$WORK/qemu.raw"
 done
 _check_dmesg_clean || rc=1
-_result "f) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
+_result "g) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
 ktap_finish

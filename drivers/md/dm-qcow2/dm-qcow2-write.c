@@ -82,11 +82,18 @@
 /* Commit when this many freed ranges wait for their decrement. */
 #define QCOW2_MAX_DEFERRED	4096
 
-/* Dirty sectors of the L1 table copied for a commit: tc->nr of them. */
+/* Dirty sectors of the L1 or refcount table taken to be written. */
 struct qcow2_table_copy {
-	unsigned long *secs;	/* which sectors */
+	unsigned long *secs;	/* which sectors: tc->nr of them */
 	__be64 *buf;		/* their contents, in sector order */
 	unsigned int nr;
+};
+
+/* Writes submitted together: the last one to complete wakes the waiter. */
+struct qcow2_batch_io {
+	atomic_t pending;
+	struct completion done;
+	blk_status_t status;
 };
 
 /* What a commit writes while updates go on (qcow2_commit_take()). */
@@ -168,29 +175,15 @@ static void qcow2_table_encode(const u64 *table, u64 entries, unsigned long sec,
 	}
 }
 
-static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
-				 u64 entries, u64 offset, unsigned long *dirty,
-				 bool *wrote)
+static void qcow2_batch_end_io(struct bio *bio)
 {
-	u64 nr = qcow2_table_sectors(entries);
-	unsigned long sec;
-	__be64 *buf;
-	int r = 0;
+	struct qcow2_batch_io *b = bio->bi_private;
 
-	buf = kmalloc(SECTOR_SIZE, GFP_NOIO);
-	if (!buf)
-		return -ENOMEM;
-	for_each_set_bit(sec, dirty, nr) {
-		qcow2_table_encode(table, entries, sec, buf);
-		r = qcow2_write_bytes(qt, qcow2_top(qt), offset + sec * SECTOR_SIZE,
-				      buf, SECTOR_SIZE);
-		if (r)
-			break;
-		clear_bit(sec, dirty);
-		*wrote = true;
-	}
-	kfree(buf);
-	return r;
+	if (bio->bi_status)
+		WRITE_ONCE(b->status, bio->bi_status);
+	bio_put(bio);
+	if (atomic_dec_and_test(&b->pending))
+		complete(&b->done);
 }
 
 static void qcow2_table_copy_free(struct qcow2_table_copy *tc)
@@ -203,21 +196,19 @@ static void qcow2_table_copy_free(struct qcow2_table_copy *tc)
 }
 
 /*
- * Copy the dirty sectors of @table and clear their bits, for a commit that
- * writes them while updates go on (qcow2_table_copy_write()).  A sector
- * changed meanwhile is dirty again for the next commit.  Called with
- * updates excluded.  Returns -ENOMEM (nothing taken) if the copy gets no
- * memory.
+ * Take up to @max dirty sectors of @table to be written by
+ * qcow2_table_copy_write(): copy them and clear their bits.  A sector
+ * changed after this is dirty again.  Called with updates excluded.
+ * Returns -ENOMEM (nothing taken) if the copy gets no memory from @gfp.
  */
 static int qcow2_table_copy_take(const u64 *table, u64 entries, unsigned long *dirty,
-				 struct qcow2_table_copy *tc)
+				 unsigned int max, gfp_t gfp, struct qcow2_table_copy *tc)
 {
-	const gfp_t gfp = GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN;
 	u64 nr = qcow2_table_sectors(entries);
 	unsigned long sec;
 	unsigned int i = 0;
 
-	tc->nr = bitmap_weight(dirty, nr);
+	tc->nr = min_t(u64, bitmap_weight(dirty, nr), max);
 	tc->secs = NULL;
 	tc->buf = NULL;
 	if (!tc->nr)
@@ -229,6 +220,8 @@ static int qcow2_table_copy_take(const u64 *table, u64 entries, unsigned long *d
 		return -ENOMEM;
 	}
 	for_each_set_bit(sec, dirty, nr) {
+		if (i == tc->nr)
+			break;
 		qcow2_table_encode(table, entries, sec,
 				   tc->buf + (size_t)i++ * (SECTOR_SIZE / sizeof(u64)));
 		set_bit(sec, tc->secs);
@@ -249,39 +242,104 @@ static void qcow2_table_copy_cancel(struct qcow2_table_copy *tc, u64 entries,
 	qcow2_table_copy_free(tc);
 }
 
+/* Sectors of a table one request writes at most (a run may take several). */
+#define QCOW2_TABLE_IO_SECTORS	128U
+
+/* Submit the write of @len bytes of kmalloc'ed @buf at byte @offset of the image. */
+static void qcow2_table_submit(struct qcow2_target *qt, u64 offset, void *buf, u32 len,
+			       struct qcow2_batch_io *b)
+{
+	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
+	unsigned int nr = DIV_ROUND_UP(offset_in_page(buf) + len, PAGE_SIZE);
+	struct bio *bio;
+	u32 n;
+
+	bio = bio_alloc_bioset(bdev, nr, REQ_OP_WRITE | REQ_SYNC | REQ_META, GFP_NOIO,
+			       &qt->write_bs);
+	bio->bi_iter.bi_sector = offset >> SECTOR_SHIFT;
+	for (; len; buf += n, len -= n) {
+		n = min_t(u32, len, PAGE_SIZE - offset_in_page(buf));
+		__bio_add_page(bio, virt_to_page(buf), n, offset_in_page(buf));
+	}
+	bio->bi_private = b;
+	bio->bi_end_io = qcow2_batch_end_io;
+	atomic_inc(&b->pending);
+	submit_bio(bio);
+}
+
 /*
  * Write the copy taken by qcow2_table_copy_take() to the table at @offset and
- * free it.  Returns the number of sectors written or a negative errno, in
- * which case the sectors are dirty again.  @redirtied counts the sectors
+ * free it: each run of adjacent sectors in one request (up to
+ * QCOW2_TABLE_IO_SECTORS), all submitted together and waited for once.
+ * Returns the number of sectors written or a negative errno, in which case
+ * the sectors are dirty again.  @redirtied (if not NULL) counts the sectors
  * changed since the copy (dirty again already).
  */
 static int qcow2_table_copy_write(struct qcow2_target *qt, struct qcow2_table_copy *tc,
 				  u64 entries, u64 offset, unsigned long *dirty,
 				  unsigned int *redirtied)
 {
+	struct qcow2_batch_io b = { .status = BLK_STS_OK };
 	u64 nr = qcow2_table_sectors(entries);
+	unsigned int first, end, n, i = 0;
+	struct blk_plug plug;
 	unsigned long sec;
-	unsigned int i = 0;
-	int r = 0;
+	int r;
 
-	*redirtied = 0;
+	if (redirtied)
+		*redirtied = 0;
 	if (!tc->nr)
 		return 0;
-	for_each_set_bit(sec, tc->secs, nr) {
-		r = qcow2_write_bytes(qt, qcow2_top(qt), offset + sec * SECTOR_SIZE,
-				      tc->buf + (size_t)i++ * (SECTOR_SIZE / sizeof(u64)),
-				      SECTOR_SIZE);
-		if (r)
-			break;
-		if (test_bit(sec, dirty))
-			(*redirtied)++;
+	atomic_set(&b.pending, 1);
+	init_completion(&b.done);
+	blk_start_plug(&plug);
+	for_each_set_bitrange(first, end, tc->secs, nr) {
+		for (; first < end; first += n, i += n) {
+			n = min(end - first, QCOW2_TABLE_IO_SECTORS);
+			qcow2_table_submit(qt, offset + (u64)first * SECTOR_SIZE,
+					   tc->buf + (size_t)i * (SECTOR_SIZE / sizeof(u64)),
+					   n * SECTOR_SIZE, &b);
+		}
 	}
+	blk_finish_plug(&plug);
+	if (!atomic_dec_and_test(&b.pending))
+		wait_for_completion_io(&b.done);
+	r = blk_status_to_errno(READ_ONCE(b.status));
 	if (r) {
+		DMERR_LIMIT("%s: write of %u table sectors at %llu failed: %d",
+			    qcow2_dev_name(qt), tc->nr, offset, r);
 		qcow2_table_copy_cancel(tc, entries, dirty);
 		return r;
 	}
+	if (redirtied)
+		for_each_set_bit(sec, tc->secs, nr)
+			if (test_bit(sec, dirty))
+				(*redirtied)++;
 	r = tc->nr;
 	qcow2_table_copy_free(tc);
+	return r;
+}
+
+/*
+ * Write the dirty sectors of @table back with updates excluded all along,
+ * a page's worth at a time, so that the copy needs no more than a page
+ * (and a bitmap) of memory.  Sets *@wrote if any were written.
+ */
+static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
+				 u64 entries, u64 offset, unsigned long *dirty,
+				 bool *wrote)
+{
+	struct qcow2_table_copy tc;
+	int r;
+
+	do {
+		r = qcow2_table_copy_take(table, entries, dirty, PAGE_SIZE / SECTOR_SIZE,
+					  GFP_NOIO, &tc);
+		if (!r)
+			r = qcow2_table_copy_write(qt, &tc, entries, offset, dirty, NULL);
+		if (r > 0)
+			*wrote = true;
+	} while (r > 0);
 	return r;
 }
 
@@ -1121,7 +1179,8 @@ static bool qcow2_commit_take(struct qcow2_target *qt, bool refcounts,
 		return false;
 	if (qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_MAPPING, true, &cs->map))
 		goto cancel_rc;
-	if (qcow2_table_copy_take(top->l1, top->l1_size, qt->l1_dirty, &cs->l1))
+	if (qcow2_table_copy_take(top->l1, top->l1_size, qt->l1_dirty, UINT_MAX,
+				  GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN, &cs->l1))
 		goto cancel_map;
 	qcow2_count_add(qt, QCOW2_STAT_COMMIT_COPIES, cs->rc.nr + cs->map.nr + cs->l1.nr);
 	return true;
@@ -2135,24 +2194,6 @@ unlock:
 	mutex_unlock(&qt->meta_lock);
 	qcow2_end_update(qt);
 	return r;
-}
-
-/* Data writes of a batch: the last one to complete wakes the worker. */
-struct qcow2_batch_io {
-	atomic_t pending;
-	struct completion done;
-	blk_status_t status;
-};
-
-static void qcow2_batch_end_io(struct bio *bio)
-{
-	struct qcow2_batch_io *b = bio->bi_private;
-
-	if (bio->bi_status)
-		WRITE_ONCE(b->status, bio->bi_status);
-	bio_put(bio);
-	if (atomic_dec_and_test(&b->pending))
-		complete(&b->done);
 }
 
 /*
