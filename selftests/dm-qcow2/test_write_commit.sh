@@ -53,8 +53,16 @@
 #      2 MiB region of L1 sectors 0, 1, 2, 5, 6, 7 and 20 (each a new L2
 #      table), then one flush: the commit writes the runs [0, 3), [5, 8) and
 #      [20] of the L1 table as one request each, from one buffer; each must
-#      land where it belongs (checked in g));
-#   g) the three devices are read, removed (the last commit writes what is
+#      land where it belongs (checked in h));
+#   g) new refcount blocks and a bigger refcount table while commits write
+#      copies: a fio job writes 9 MiB in 64 KiB blocks in random order into
+#      the last 16 MiB of C (a refcount block of 512 bytes covers 128 KiB of
+#      the image, its first refcount table 8 MiB; fio verifies them), while
+#      the device is flushed every 0.2 s.  The table must have moved (its
+#      cluster count in the header grew), and no commit may have kept
+#      updates out until it was durable (commit_locked): commits copy the
+#      refcount table sectors of new blocks too;
+#   h) the three devices are read, removed (the last commit writes what is
 #      still dirty), `qemu-img check` must exit 0 and QEMU must read each
 #      image as the device did: the second blocks of b) to e) too.
 
@@ -77,7 +85,7 @@ SEED=$(_wseed)
 echo "# fio seed $SEED (reproduce with QCOW2_SEED=$SEED; round n uses seed $SEED+n)"
 
 ktap_header
-ktap_plan 8
+ktap_plan 9
 
 # _race MODE DEV OFF1 OFF2 SECS   4 KiB blocks at OFF1 and OFF2 around a flush:
 #   window: the block at OFF1, a flush from a thread, SECS later the block
@@ -262,6 +270,49 @@ _check_wstatus "${P}c" rw || rc=1
 _result "f) one commit writes runs of L1 sectors" $rc
 
 # --- g) ----------------------------------------------------------------------
+# _rt_clusters DEV   refcount_table_clusters from the header of the image on DEV
+_rt_clusters()
+{
+	python3 - "$1" <<'PYEOF'
+import mmap, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+os.preadv(fd, [buf], 0)
+os.close(fd)
+print(struct.unpack(">I", buf[56:60])[0])
+PYEOF
+}
+
+rc=0
+l0=$(_wstat "${P}c" commit_locked)
+n0=$(_wstat "${P}c" commits)
+rt0=$(_rt_clusters "/dev/mapper/${P}cdelay") || rc=1
+fio --name=g --filename="$DEV_C" --ioengine=libaio --iodepth=16 --direct=1 --rw=randwrite \
+	--bs=64k --offset=$((48 * M)) --size=$((16 * M)) --number_ios=144 --randseed="$SEED" \
+	--verify=crc32c --verify_fatal=1 --verify_state_save=0 \
+	--output="$WORK/fio.out" >/dev/null 2>&1 &
+fio_pid=$!
+while kill -0 "$fio_pid" 2>/dev/null; do
+	sleep 0.2
+	_fsync "$DEV_C" || { _qdiag "g) fsync failed"; rc=1; break; }
+done
+wait "$fio_pid" || rc=1
+if [ $rc -ne 0 ] || grep -Eq 'verify: bad|err= *[1-9]' "$WORK/fio.out"; then
+	_qdiag "g) fio failed: $(grep -Ei 'error|verify|err=' "$WORK/fio.out" | head -5)"
+	rc=1
+fi
+_fsync "$DEV_C" || rc=1
+rt1=$(_rt_clusters "/dev/mapper/${P}cdelay") || rc=1
+_qdiag "g) refcount table clusters $rt0 -> $rt1; stats: $(dmsetup message "${P}c" 0 stats | grep -E '^(commit|flushes)' | tr '\n' ' ')"
+locked=$(($(_wstat "${P}c" commit_locked) - l0))
+commits=$(($(_wstat "${P}c" commits) - n0))
+[ "${rt1:-0}" -gt "${rt0:-0}" ] || { _qdiag "g) the refcount table did not grow: nothing tested"; rc=1; }
+[ "$commits" -gt 1 ] || { _qdiag "g) $commits commits"; rc=1; }
+[ "$locked" -eq 0 ] || { _qdiag "g) $locked of $commits commits kept updates out"; rc=1; }
+_check_wstatus "${P}c" rw || rc=1
+_result "g) new refcount blocks and table while commits write copies; no commit locked" $rc
+
+# --- h) ----------------------------------------------------------------------
 rc=0
 for x in a b c; do
 	img=$WORK/$x.qcow2
@@ -277,5 +328,5 @@ for x in a b c; do
 	rm -f "$WORK/dm.raw" "$WORK/qemu.raw"
 done
 _check_dmesg_clean || rc=1
-_result "g) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
+_result "h) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
 ktap_finish

@@ -653,6 +653,7 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	init_rwsem(&qt->update_sem);
 	mutex_init(&qt->commit_mutex);
 	init_waitqueue_head(&qt->fast_wait);
+	init_waitqueue_head(&qt->copies_wait);
 	INIT_LIST_HEAD(&qt->deferred);
 	INIT_WORK(&qt->zero_work, qcow2_zero_ahead_work);
 	init_waitqueue_head(&qt->zero_wait);
@@ -1021,7 +1022,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 12, 0},
+	.version = {1, 13, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,

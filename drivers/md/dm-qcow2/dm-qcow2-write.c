@@ -24,13 +24,13 @@
  * L1 entry.  One commit serves every flush that arrived before it started
  * (group commit).
  *
- * Updates stop only while a commit copies the dirty slices and L1 sectors
- * of steps 1 and 3 (one instant: every reference in the copies has its
- * refcount in them); the copies are written while updates go on, and a
+ * Updates stop only while a commit copies the dirty slices and table
+ * sectors of steps 1 to 3 (one instant: every reference in the copies has
+ * its refcount in them); the copies are written while updates go on, and a
  * slice or sector changed meanwhile stays dirty for the next commit.  When
- * a refcount table entry is dirty too (a new refcount block), or the dirty
- * bit of lazy refcounts must be set first, or there is no memory for the
- * copies, updates stay stopped until step 3 is durable.
+ * the dirty bit of lazy refcounts must be set first, or there is no memory
+ * for the copies, updates stay stopped until step 3 is durable.  Moving
+ * the refcount table (qcow2_grow_reftable()) waits for copies in flight.
  *
  * Locking: a guest cluster is modified under its cluster lock (hashed bit
  * locks); metadata state (tables, cache contents, allocator) under
@@ -99,6 +99,7 @@ struct qcow2_batch_io {
 /* What a commit writes while updates go on (qcow2_commit_take()). */
 struct qcow2_commit_set {
 	struct qcow2_wb_set rc;		/* refcount slices */
+	struct qcow2_table_copy rt;	/* refcount table sectors */
 	struct qcow2_wb_set map;	/* L2 slices */
 	struct qcow2_table_copy l1;	/* L1 sectors */
 };
@@ -619,7 +620,13 @@ static int qcow2_grow_reftable(struct qcow2_target *qt, u64 rt_needed)
 		}
 	}
 
-	/* Entries of the new table must only point to durable blocks. */
+	/*
+	 * Entries of the new table must only point to durable blocks: the
+	 * slices a commit took copies of are off the dirty list until the
+	 * copies are written, so wait for those first.  No commit takes new
+	 * copies meanwhile (this is an update).
+	 */
+	wait_event(qt->copies_wait, !smp_load_acquire(&qt->copies_busy));
 	r = qcow2_cache_writeback(qt->cache, QCOW2_GROUP_REFCOUNT);
 	if (r >= 0)
 		r = blkdev_issue_flush(top->dev->bdev);
@@ -1149,82 +1156,98 @@ static int qcow2_commit_locked(struct qcow2_target *qt, bool refcounts,
 	return r;
 }
 
-static bool qcow2_table_is_dirty(const unsigned long *dirty, u64 entries)
-{
-	u64 nr = qcow2_table_sectors(entries);
-
-	return find_first_bit(dirty, nr) < nr;
-}
-
 /*
- * Take copies of the dirty slices for steps 1 and 3, and of the dirty L1
- * sectors, so that updates may go on while they are written
- * (qcow2_commit_copies()).  Not when a refcount table entry is dirty (a new
- * refcount block, rare: qcow2_grow_reftable() writes refcount slices back
- * itself, which must not race with copies of them), nor when the dirty bit
- * of lazy refcounts must be set first.  Called with updates excluded; false
- * when the commit must keep them out all along.
+ * Take copies of the dirty slices for steps 1 and 3, and of the dirty
+ * refcount table and L1 sectors, so that updates may go on while they are
+ * written (qcow2_commit_copies(); qt->copies_busy meanwhile).  Not when the
+ * dirty bit of lazy refcounts must be set first.  Called with updates
+ * excluded; false when the commit must keep them out all along.
  */
 static bool qcow2_commit_take(struct qcow2_target *qt, bool refcounts,
 			      struct qcow2_commit_set *cs)
 {
+	const gfp_t gfp = GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN;
 	struct qcow2_layer *top = qcow2_top(qt);
 
-	if ((refcounts && qcow2_table_is_dirty(qt->reftable_dirty, qt->reftable_entries)) ||
-	    (!refcounts && !qt->dirty_bit))
+	if (!refcounts && !qt->dirty_bit)
 		return false;
 	INIT_LIST_HEAD(&cs->rc.slices);
 	cs->rc.nr = 0;
-	if (refcounts && qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_REFCOUNT, true, &cs->rc))
-		return false;
+	cs->rt.nr = 0;
+	cs->rt.secs = NULL;
+	cs->rt.buf = NULL;
+	if (refcounts && (qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_REFCOUNT, true, &cs->rc) ||
+			  qcow2_table_copy_take(qt->reftable, qt->reftable_entries,
+						qt->reftable_dirty, UINT_MAX, gfp, &cs->rt)))
+		goto cancel_rc;
 	if (qcow2_cache_wb_take(qt->cache, QCOW2_GROUP_MAPPING, true, &cs->map))
 		goto cancel_rc;
-	if (qcow2_table_copy_take(top->l1, top->l1_size, qt->l1_dirty, UINT_MAX,
-				  GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN, &cs->l1))
+	if (qcow2_table_copy_take(top->l1, top->l1_size, qt->l1_dirty, UINT_MAX, gfp, &cs->l1))
 		goto cancel_map;
-	qcow2_count_add(qt, QCOW2_STAT_COMMIT_COPIES, cs->rc.nr + cs->map.nr + cs->l1.nr);
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_COPIES,
+			cs->rc.nr + cs->rt.nr + cs->map.nr + cs->l1.nr);
+	WRITE_ONCE(qt->copies_busy, true);
 	return true;
 
 cancel_map:
 	qcow2_cache_wb_cancel(qt->cache, &cs->map);
 cancel_rc:
+	qcow2_table_copy_cancel(&cs->rt, qt->reftable_entries, qt->reftable_dirty);
 	qcow2_cache_wb_cancel(qt->cache, &cs->rc);
 	return false;
 }
 
 /*
- * Steps 1 and 3 from the copies qcow2_commit_take() made, updates going on.
+ * Steps 1 to 3 from the copies qcow2_commit_take() made, updates going on.
  * The L1 sectors go with the L2 slices: every L2 table they point to was
- * written (zeroed or copied) before it entered the L1 table.
+ * written (zeroed or copied) before it entered the L1 table.  What is not
+ * written is dirty again.
  */
 static int qcow2_commit_copies(struct qcow2_target *qt, struct qcow2_commit_set *cs)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	struct block_device *bdev = top->dev->bdev;
 	unsigned int redirtied;
-	int r, l1;
+	int r, n;
 
 	r = qcow2_cache_wb_write(qt->cache, &cs->rc);
 	/* Also makes the data of every write completed before the copy durable. */
 	if (r >= 0)
 		r = blkdev_issue_flush(bdev);
-	if (r) {
-		qcow2_cache_wb_cancel(qt->cache, &cs->map);
-		qcow2_table_copy_cancel(&cs->l1, top->l1_size, qt->l1_dirty);
-		return r;
+	if (r)
+		goto out;
+	n = qcow2_table_copy_write(qt, &cs->rt, qt->reftable_entries,
+				   top->qi.refcount_table_offset, qt->reftable_dirty,
+				   &redirtied);
+	if (n < 0) {
+		r = n;
+		goto out;
 	}
-	r = qcow2_cache_wb_write(qt->cache, &cs->map);
-	if (r < 0) {
-		qcow2_table_copy_cancel(&cs->l1, top->l1_size, qt->l1_dirty);
-		return r;
-	}
-	l1 = qcow2_table_copy_write(qt, &cs->l1, top->l1_size,
-				    top->qi.l1_table_offset, qt->l1_dirty, &redirtied);
-	if (l1 < 0)
-		return l1;
 	qcow2_count_add(qt, QCOW2_STAT_COMMIT_REDIRTIED, redirtied);
-	if (r + l1 > 0)
+	if (n)
 		r = blkdev_issue_flush(bdev);
+	if (r)
+		goto out;
+	r = qcow2_cache_wb_write(qt->cache, &cs->map);
+	if (r < 0)
+		goto out;
+	n = qcow2_table_copy_write(qt, &cs->l1, top->l1_size,
+				   top->qi.l1_table_offset, qt->l1_dirty, &redirtied);
+	if (n < 0) {
+		r = n;
+		goto out;
+	}
+	qcow2_count_add(qt, QCOW2_STAT_COMMIT_REDIRTIED, redirtied);
+	if (r + n > 0)
+		r = blkdev_issue_flush(bdev);
+out:
+	/* Whatever was not written (none if all went well). */
+	qcow2_table_copy_cancel(&cs->rt, qt->reftable_entries, qt->reftable_dirty);
+	qcow2_cache_wb_cancel(qt->cache, &cs->map);
+	qcow2_table_copy_cancel(&cs->l1, top->l1_size, qt->l1_dirty);
+	/* qcow2_grow_reftable() may move the table now. */
+	smp_store_release(&qt->copies_busy, false);
+	wake_up_all(&qt->copies_wait);
 	return r;
 }
 

@@ -172,6 +172,8 @@ struct qcow2_target {
 	atomic_t fast_stores;
 	bool fast_blocked;		/* a commit waits: map() allocates nothing */
 	wait_queue_head_t fast_wait;
+	bool copies_busy;		/* a commit writes copies (qcow2_commit_copies) */
+	wait_queue_head_t copies_wait;
 	unsigned long l2_busy;		/* hashed L1 entries: new L2 table being written */
 	struct xarray meta_index;	/* host cluster -> QCOW2_META_* */
 	u64 *reftable;			/* refcount table, CPU order */
