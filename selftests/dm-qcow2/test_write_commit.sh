@@ -137,6 +137,51 @@ _windows()
 	return 1
 }
 
+# _inflights WHAT N STEP OFF2 STAT MIN SECS...   d) and e): _race inflight on B
+# with blocks at the start of table N and OFF2 after it, for each wait SECS
+# in turn (the next try STEP tables further), until commit_redirtied rises;
+# counter STAT (reported) must rise by MIN or more in each try
+_inflights()
+{
+	local what=$1 n=$2 step=$3 off2=$4 stat=$5 min=$6 secs r0 s0 redirtied got
+	shift 6
+
+	for secs in "$@"; do
+		r0=$(_wstat "${P}b" commit_redirtied)
+		s0=$(_wstat "${P}b" "$stat")
+		_race inflight "$DEV_B" $((n * 2 * M)) $((n * 2 * M + off2)) "$secs" ||
+			{ _qdiag "$what) writes or flushes failed"; return 1; }
+		redirtied=$(($(_wstat "${P}b" commit_redirtied) - r0))
+		got=$(($(_wstat "${P}b" "$stat") - s0))
+		_qdiag "$what) table $n, flush after $secs s: commit_redirtied +$redirtied, $stat +$got"
+		[ "$got" -ge "$min" ] || { _qdiag "$what) $stat +$got, not $min"; return 1; }
+		[ "$redirtied" -gt 0 ] && return 0
+		n=$((n + step))
+	done
+	_qdiag "$what) no commit copied a slice while an entry was to come: nothing tested"
+	return 1
+}
+
+# _fio_flushed WHAT DEV FIO-ARGS...   a verified fio random write job on DEV,
+# flushed every 0.2 s while it runs
+_fio_flushed()
+{
+	local what=$1 dev=$2 fio_pid
+	shift 2
+
+	fio --name="$what" --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite \
+		--randseed="$SEED" --verify=crc32c --verify_fatal=1 --verify_state_save=0 \
+		--output="$WORK/fio.out" "$@" >/dev/null 2>&1 &
+	fio_pid=$!
+	while kill -0 "$fio_pid" 2>/dev/null; do
+		sleep 0.2
+		_fsync "$dev" || { _qdiag "$what) fsync failed"; kill "$fio_pid"; wait "$fio_pid"; return 1; }
+	done
+	wait "$fio_pid" && ! grep -Eq 'verify: bad|err= *[1-9]' "$WORK/fio.out" && return 0
+	_qdiag "$what) fio failed: $(grep -Ei 'error|verify|err=' "$WORK/fio.out" | head -5)"
+	return 1
+}
+
 # _delay_map NAME IMG   IMG on a loop device under dm-delay (NAMEdelay), mapped
 # as NAME
 _delay_map()
@@ -171,19 +216,7 @@ _result "three images in files, under dm-delay (writes and flushes 100 ms), mapp
 # --- a) ----------------------------------------------------------------------
 rc=0
 c0=$(_wstat "${P}a" commit_copies)
-fio --name=a --filename="$DEV_A" --ioengine=libaio --iodepth=8 --direct=1 --rw=randwrite \
-	--bs=4k --size=$((32 * M)) --number_ios=256 --randseed="$SEED" --verify=crc32c \
-	--verify_fatal=1 --verify_state_save=0 --output="$WORK/fio.out" >/dev/null 2>&1 &
-fio_pid=$!
-while kill -0 "$fio_pid" 2>/dev/null; do
-	sleep 0.2
-	_fsync "$DEV_A" || { _qdiag "a) fsync failed"; rc=1; break; }
-done
-wait "$fio_pid" || rc=1
-if [ $rc -ne 0 ] || grep -Eq 'verify: bad|err= *[1-9]' "$WORK/fio.out"; then
-	_qdiag "a) fio failed: $(grep -Ei 'error|verify|err=' "$WORK/fio.out" | head -5)"
-	rc=1
-fi
+_fio_flushed a "$DEV_A" --iodepth=8 --bs=4k --size=$((32 * M)) --number_ios=256 || rc=1
 copies=$(($(_wstat "${P}a" commit_copies) - c0))
 _qdiag "a) stats: $(dmsetup message "${P}a" 0 stats | grep -E '^(commit|flushes|map_allocs|worker_allocs)' | tr '\n' ' ')"
 [ "$copies" -gt 0 ] || { _qdiag "a) no commit wrote copies"; rc=1; }
@@ -211,42 +244,13 @@ _result "c) a new L2 table while the L1 sector's copy is written; no commit lock
 
 # --- d) ----------------------------------------------------------------------
 rc=0
-counted=0
-n=16
-for secs in 0.03 0.01 0.06 0 0.02 0.045; do
-	r0=$(_wstat "${P}b" commit_redirtied)
-	m0=$(_wstat "${P}b" map_allocs)
-	_race inflight "$DEV_B" $((n * 2 * M)) $((n * 2 * M + (64 << 10))) "$secs" ||
-		{ _qdiag "d) writes or flushes failed"; rc=1; break; }
-	redirtied=$(($(_wstat "${P}b" commit_redirtied) - r0))
-	mapped=$(($(_wstat "${P}b" map_allocs) - m0))
-	_qdiag "d) table $n, flush after $secs s: commit_redirtied +$redirtied, map_allocs +$mapped"
-	[ "$redirtied" -gt 0 ] && { counted=1; break; }
-	n=$((n + 1))
-done
-[ $rc -ne 0 ] || [ $counted -eq 1 ] ||
-	{ _qdiag "d) no commit copied a slice while an entry was to come: nothing tested"; rc=1; }
+_inflights d 16 1 $((64 << 10)) map_allocs 0 0.03 0.01 0.06 0 0.02 0.045 || rc=1
 _check_wstatus "${P}b" rw || rc=1
 _result "d) a commit while an allocation made in map() is in flight" $rc
 
 # --- e) ----------------------------------------------------------------------
 rc=0
-counted=0
-n=22
-for secs in 0.05 0.15 0.02 0.25 0.1; do
-	r0=$(_wstat "${P}b" commit_redirtied)
-	w0=$(_wstat "${P}b" worker_allocs)
-	_race inflight "$DEV_B" $((n * 2 * M)) $(((n + 1) * 2 * M)) "$secs" ||
-		{ _qdiag "e) writes or flushes failed"; rc=1; break; }
-	redirtied=$(($(_wstat "${P}b" commit_redirtied) - r0))
-	worker=$(($(_wstat "${P}b" worker_allocs) - w0))
-	_qdiag "e) tables $n and $((n + 1)), flush after $secs s: commit_redirtied +$redirtied, worker_allocs +$worker"
-	[ "$worker" -ge 2 ] || { _qdiag "e) the workers allocated $worker clusters, not 2"; rc=1; break; }
-	[ "$redirtied" -gt 0 ] && { counted=1; break; }
-	n=$((n + 2))
-done
-[ $rc -ne 0 ] || [ $counted -eq 1 ] ||
-	{ _qdiag "e) no commit copied a slice while a worker's entry was to come: nothing tested"; rc=1; }
+_inflights e 22 2 $((2 * M)) worker_allocs 2 0.05 0.15 0.02 0.25 0.1 || rc=1
 _check_wstatus "${P}b" rw || rc=1
 _result "e) a commit while a worker's allocating write is in flight" $rc
 
@@ -287,20 +291,8 @@ rc=0
 l0=$(_wstat "${P}c" commit_locked)
 n0=$(_wstat "${P}c" commits)
 rt0=$(_rt_clusters "/dev/mapper/${P}cdelay") || rc=1
-fio --name=g --filename="$DEV_C" --ioengine=libaio --iodepth=16 --direct=1 --rw=randwrite \
-	--bs=64k --offset=$((48 * M)) --size=$((16 * M)) --number_ios=144 --randseed="$SEED" \
-	--verify=crc32c --verify_fatal=1 --verify_state_save=0 \
-	--output="$WORK/fio.out" >/dev/null 2>&1 &
-fio_pid=$!
-while kill -0 "$fio_pid" 2>/dev/null; do
-	sleep 0.2
-	_fsync "$DEV_C" || { _qdiag "g) fsync failed"; rc=1; break; }
-done
-wait "$fio_pid" || rc=1
-if [ $rc -ne 0 ] || grep -Eq 'verify: bad|err= *[1-9]' "$WORK/fio.out"; then
-	_qdiag "g) fio failed: $(grep -Ei 'error|verify|err=' "$WORK/fio.out" | head -5)"
-	rc=1
-fi
+_fio_flushed g "$DEV_C" --iodepth=16 --bs=64k --offset=$((48 * M)) --size=$((16 * M)) \
+	--number_ios=144 || rc=1
 _fsync "$DEV_C" || rc=1
 rt1=$(_rt_clusters "/dev/mapper/${P}cdelay") || rc=1
 _qdiag "g) refcount table clusters $rt0 -> $rt1; stats: $(dmsetup message "${P}c" 0 stats | grep -E '^(commit|flushes)' | tr '\n' ' ')"
