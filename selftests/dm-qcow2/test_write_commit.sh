@@ -64,7 +64,9 @@
 #      refcount table sectors of new blocks too;
 #   h) the three devices are read, removed (the last commit writes what is
 #      still dirty), `qemu-img check` must exit 0 and QEMU must read each
-#      image as the device did: the second blocks of b) to e) too.
+#      image as the device did: the second blocks of b) to e) too.  On a
+#      kernel with lockdep, it must know the classes of the cluster locks
+#      and of l2_busy (workers took both above), so that it checks them.
 
 . "$(dirname "$0")/test_common.sh"
 . "$(dirname "$0")/qcow2_common.sh"
@@ -319,6 +321,13 @@ for x in a b c; do
 	fi
 	rm -f "$WORK/dm.raw" "$WORK/qemu.raw"
 done
+if [ -r /proc/lockdep ]; then
+	for class in "dm-qcow2 cluster lock" "dm-qcow2 l2_busy"; do
+		grep -qF ": $class" /proc/lockdep ||
+			{ _qdiag "h) lockdep has no class \"$class\""; rc=1; }
+	done
+	_qdiag "h) lockdep: $(grep -F ': dm-qcow2 ' /proc/lockdep | cut -d' ' -f2- | tr -s ' ' | tr '\n' ';')"
+fi
 _check_dmesg_clean || rc=1
 _result "h) removed: qemu-img check exit 0, QEMU reads each image as its device did" $rc
 ktap_finish

@@ -622,6 +622,10 @@ static void qcow2_dtr(struct dm_target *ti)
  *   <image_dev> [<#opt_args> [backing qcow2|raw <dev>]... [snapshot <id>]
  *                             [cache_size <bytes>]]
  */
+/* Lockdep classes of the bit locks (see dm-qcow2-write.c): one per kind. */
+static struct lock_class_key qcow2_cluster_key;
+static struct lock_class_key qcow2_l2_busy_key;
+
 static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct dm_arg_set as = { .argc = argc, .argv = argv };
@@ -654,6 +658,8 @@ static int qcow2_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	mutex_init(&qt->commit_mutex);
 	init_waitqueue_head(&qt->fast_wait);
 	init_waitqueue_head(&qt->copies_wait);
+	lockdep_init_map(&qt->cluster_dep_map, "dm-qcow2 cluster lock", &qcow2_cluster_key, 0);
+	lockdep_init_map(&qt->l2_busy_dep_map, "dm-qcow2 l2_busy", &qcow2_l2_busy_key, 0);
 	INIT_LIST_HEAD(&qt->deferred);
 	INIT_WORK(&qt->zero_work, qcow2_zero_ahead_work);
 	init_waitqueue_head(&qt->zero_wait);

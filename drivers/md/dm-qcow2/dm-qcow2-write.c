@@ -1409,7 +1409,11 @@ int qcow2_commit_clean(struct qcow2_target *qt)
  * A guest cluster is modified under its cluster lock: a bit of a hashed
  * array, taken by workers (waiting) and by map() (trying), and released by
  * either or, for an allocation made in map(), by the completion of its data
- * write in whatever context that runs.
+ * write in whatever context that runs.  Lockdep sees the one lock a worker
+ * waits for and holds (qcow2_cluster_lock() to qcow2_cluster_unlock_waited(),
+ * in one task; the others are only tried), as one class: it checks that
+ * nothing waits for it while holding a lock that its holders take, nor
+ * flushes the work of qt->wq while holding it.
  */
 static unsigned int qcow2_cluster_bit(u64 guest_cluster)
 {
@@ -1418,6 +1422,7 @@ static unsigned int qcow2_cluster_bit(u64 guest_cluster)
 
 static void qcow2_cluster_lock(struct qcow2_target *qt, unsigned int bit)
 {
+	lock_map_acquire(&qt->cluster_dep_map);
 	wait_on_bit_lock(qt->cluster_locks, bit, TASK_UNINTERRUPTIBLE);
 }
 
@@ -1429,6 +1434,13 @@ static bool qcow2_cluster_trylock(struct qcow2_target *qt, unsigned int bit)
 static void qcow2_cluster_unlock(struct qcow2_target *qt, unsigned int bit)
 {
 	clear_and_wake_up_bit(bit, qt->cluster_locks);
+}
+
+/* Unlock the lock taken by qcow2_cluster_lock(). */
+static void qcow2_cluster_unlock_waited(struct qcow2_target *qt, unsigned int bit)
+{
+	lock_map_release(&qt->cluster_dep_map);
+	qcow2_cluster_unlock(qt, bit);
 }
 
 /* ----------------------------------------------------------------------- */
@@ -1483,7 +1495,10 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 
 	while (test_bit(busy, &qt->l2_busy)) {
 		mutex_unlock(&qt->meta_lock);
+		/* For lockdep, a bit of l2_busy is held by the writer of a table. */
+		lock_map_acquire(&qt->l2_busy_dep_map);
 		wait_on_bit(&qt->l2_busy, busy, TASK_UNINTERRUPTIBLE);
+		lock_map_release(&qt->l2_busy_dep_map);
 		mutex_lock(&qt->meta_lock);
 	}
 	l1e = top->l1[l1_idx];
@@ -1518,6 +1533,7 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 	} else {
 		/* Nothing refers to @new yet, and the entry stays as it is. */
 		set_bit(busy, &qt->l2_busy);
+		lock_map_acquire_try(&qt->l2_busy_dep_map);
 		mutex_unlock(&qt->meta_lock);
 		if (!old) {
 			r = qcow2_zero_cluster(qt, new);
@@ -1531,6 +1547,7 @@ static s64 qcow2_l2_writable(struct qcow2_target *qt, u64 l1_idx)
 			kvfree(buf);
 		}
 		mutex_lock(&qt->meta_lock);
+		lock_map_release(&qt->l2_busy_dep_map);
 		clear_and_wake_up_bit(busy, &qt->l2_busy);
 	}
 	/* Spare the first lookups a read of the zeros (small tables). */
@@ -2375,6 +2392,8 @@ unlock:
 out:
 	if (pre)
 		qcow2_slice_put(qt->cache, pre);
+	/* The first cluster's lock was waited for, the others tried. */
+	lock_map_release(&qt->cluster_dep_map);
 	for_each_set_bit(bit, held, 1 << QCOW2_CLUSTER_LOCK_BITS)
 		qcow2_cluster_unlock(qt, bit);
 	return r;
@@ -2920,7 +2939,7 @@ blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio)
 			/* Partial cluster: write zeros into it. */
 			r = qcow2_write_cluster(qt, gc, off, len, NULL);
 		}
-		qcow2_cluster_unlock(qt, bit);
+		qcow2_cluster_unlock_waited(qt, bit);
 		guest += len;
 		done += len;
 	}

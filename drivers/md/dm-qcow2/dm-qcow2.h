@@ -166,6 +166,7 @@ struct qcow2_target {
 	bool suspended;			/* postsuspend ran: resume re-reads the image */
 	/* hashed guest-cluster bit locks; released in any context */
 	unsigned long cluster_locks[BITS_TO_LONGS(1 << QCOW2_CLUSTER_LOCK_BITS)];
+	struct lockdep_map cluster_dep_map;	/* one a worker waited for */
 	/* allocations in map() changing metadata; commits wait for them */
 	atomic_t fast_updates;
 	/* ... whose data is written and entries stored later (qcow2_alloc_end_io) */
@@ -175,6 +176,7 @@ struct qcow2_target {
 	bool copies_busy;		/* a commit writes copies (qcow2_commit_copies) */
 	wait_queue_head_t copies_wait;
 	unsigned long l2_busy;		/* hashed L1 entries: new L2 table being written */
+	struct lockdep_map l2_busy_dep_map;
 	struct xarray meta_index;	/* host cluster -> QCOW2_META_* */
 	u64 *reftable;			/* refcount table, CPU order */
 	u64 reftable_entries;
