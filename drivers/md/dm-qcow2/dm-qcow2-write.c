@@ -1865,12 +1865,11 @@ static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx
 
 /*
  * Begin an update of L2 entry (@l1_idx, @l2_idx): begin_update, take
- * meta_lock, make the L2 table writable and get the entry's slice (its
- * offset in *@slice_off).  Returns the slice with meta_lock held, or an
+ * meta_lock, make the L2 table writable and get the entry's slice.  Returns the slice with meta_lock held, or an
  * ERR_PTR with the update ended and the lock dropped.
  */
 static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1_idx,
-						 u64 l2_idx, u64 *slice_off)
+						 u64 l2_idx)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	struct qcow2_slice *s;
@@ -1882,12 +1881,10 @@ static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1
 		return ERR_PTR(r);
 	mutex_lock(&qt->meta_lock);
 	l2 = qcow2_l2_writable(qt, l1_idx);
-	if (l2 < 0) {
+	if (l2 < 0)
 		s = ERR_PTR(l2);
-	} else {
-		*slice_off = qcow2_l2_slice_off(top, l2, l2_idx);
-		s = qcow2_slice_get(qt->cache, top, *slice_off, false);
-	}
+	else
+		s = qcow2_slice_get(qt->cache, top, qcow2_l2_slice_off(top, l2, l2_idx), false);
 	if (IS_ERR(s)) {
 		mutex_unlock(&qt->meta_lock);
 		qcow2_end_update(qt);
@@ -1916,8 +1913,8 @@ static void qcow2_worker_stored(struct qcow2_target *qt)
 }
 
 /*
- * After a worker's data write failed (its entry stores cancelled): give the
- * @n clusters at @host back, in an update of their own.  A commit may have
+ * After a data write failed (its entry stores cancelled): give the @n
+ * clusters at @host back, in an update of their own.  A commit may have
  * made their refcounts durable meanwhile: until this one's, they are leaked,
  * never referenced.
  */
@@ -1957,7 +1954,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	unsigned int sc_first = off >> scb, sc_last = (off + len - 1) >> scb, sc;
 	struct qcow2_l2_entry old, new;
 	enum qcow2_cluster_type t;
-	u64 slice_off, host, old_host = 0, free_len = 0;
+	u64 host, old_host = 0, free_len = 0;
 	bool in_place, alloc = false, want_zeros, zeroed = false;
 	bool fill_zero = false, buffered = false, store;
 	struct qcow2_slice *s, *pre;
@@ -1968,7 +1965,7 @@ static int qcow2_write_cluster(struct qcow2_target *qt, u64 guest_cluster,
 	int r;
 
 	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx, false);
-	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
+	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx);
 	if (IS_ERR(s)) {
 		r = PTR_ERR(s);
 		goto out;
@@ -2284,7 +2281,6 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	struct qcow2_l2_entry e;
 	unsigned int i, k, bit;
 	struct blk_plug plug;
-	u64 slice_off;
 	s64 h;
 	int r;
 
@@ -2317,7 +2313,7 @@ static int qcow2_write_batch(struct qcow2_target *qt, struct bio *bio, u64 done,
 	}
 
 	pre = qcow2_l2_prefetch(qt, l1_idx, l2_idx, false);
-	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx, &slice_off);
+	s = qcow2_begin_l2_update(qt, l1_idx, l2_idx);
 	if (IS_ERR(s)) {
 		r = PTR_ERR(s);
 		goto out;
@@ -2468,18 +2464,14 @@ static void qcow2_alloc_undo(struct work_struct *work)
 	struct qcow2_bio *qb = container_of(work, struct qcow2_bio, work);
 	struct bio *bio = dm_bio_from_per_bio_data(qb, sizeof(*qb));
 	struct qcow2_target *qt = qb->qt;
-	u64 host = qb->alloc_entry.entry & QCOW2_L2E_OFFSET_MASK;
+	u64 host[QCOW2_BATCH_MAX];
 	unsigned int i;
 
-	if (!qcow2_begin_update(qt)) {
-		mutex_lock(&qt->meta_lock);
-		for (i = 0; i < qb->alloc_n; i++)
-			if (qcow2_refcount_add(qt, (host >> qcow2_top(qt)->qi.cluster_bits) + i,
-					       -1, NULL))
-				break;
-		mutex_unlock(&qt->meta_lock);
-		qcow2_end_update(qt);
-	}
+	/* Contiguous: the first at the entry, the others after it. */
+	for (i = 0; i < qb->alloc_n; i++)
+		host[i] = (qb->alloc_entry.entry & QCOW2_L2E_OFFSET_MASK) +
+			  ((u64)i << qcow2_top(qt)->qi.cluster_bits);
+	qcow2_give_back(qt, host, qb->alloc_n);
 	bio_endio(bio);
 }
 
