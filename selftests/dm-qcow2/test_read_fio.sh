@@ -12,7 +12,11 @@
 # replays the same job definition with --verify_only (random reads in the
 # write order of each job: 4 jobs, libaio, iodepth 16, O_DIRECT) and
 # --verify_fatal=1, and must succeed having read all 64 MiB.  The device is
-# also compared with the raw file.
+# also compared with the raw file.  The 4 KiB-cluster image is mapped once
+# more with cache_size 16384 (4 slices for its 32 L2 slices), so that the
+# jobs' reads recycle slices all along while map() and the workers look up
+# cached slices of the other jobs: an entry read from a slice recycled under
+# it shows as bad data.
 #
 # fio 3.33 exits 0 when --verify_only finds bad data unless --verify_fatal=1
 # is given, so a negative control runs the same verification over an image
@@ -88,7 +92,11 @@ qemu-img convert -O qcow2 "$BAD" "$WORK/bad.qcow2" || { echo "# qemu-img convert
 T_CONV=$(_elapsed "$t0")
 
 ktap_header
-ktap_plan $((${#IMAGES[@]} + 1))
+if _gen_only; then
+	ktap_plan $((${#IMAGES[@]} + 1))
+else
+	ktap_plan $((${#IMAGES[@]} + 2))
+fi
 
 if _gen_only; then
 	for im in "${IMAGES[@]}"; do
@@ -113,17 +121,18 @@ fi
 
 DISK_SIZE=$(blockdev --getsize64 "$DISK")
 
-# _map_on_disk NAME IMAGE   write IMAGE onto the disk and map it
+# _map_on_disk NAME IMAGE [OPTION...]   write IMAGE onto the disk and map it
 _map_on_disk()
 {
 	local name=$1 img=$2 isz len
+	shift 2
 	truncate -s %4096 "$img"	# zeros past EOF change nothing; O_DIRECT needs it
 	isz=$(stat -c %s "$img")
 	[ "$isz" -le "$DISK_SIZE" ] || { _qdiag "$img ($isz bytes) does not fit on $DISK"; return 1; }
 	dd if="$img" of="$DISK" bs=1M oflag=direct conv=fsync status=none ||
 		{ _qdiag "dd onto $DISK failed"; return 1; }
 	len=$(($(_vsize "$img") / 512))
-	_dm_create "$name" "$(_qcow2_table "$DISK" "$len")" ro || return 1
+	_dm_create "$name" "$(_qcow2_table "$DISK" "$len" "$@")" ro || return 1
 	MAP_DEV=/dev/mapper/$name
 	[ -b "$MAP_DEV" ]
 }
@@ -145,6 +154,23 @@ for im in "${IMAGES[@]}"; do
 	_check_dmesg_clean >/dev/null || { _qdiag "dmesg not clean"; r=1; }
 	_result "fio verify_only, 4 jobs, O_DIRECT, $N image on $DISK" $r
 done
+
+r=0
+name="${QCOW2_DM_PREFIX}fio4ksmall"
+_qmark
+if _map_on_disk "$name" "$WORK/4k.qcow2" cache_size 16384; then
+	_fio_verify "$MAP_DEV" --direct=1 || r=1
+	_check_status "$name" $((64 << 20)) 4096 1 0 || r=1
+	# about 2,000 reads in random order over 32 slices through 4 slots
+	_qdiag "cache_size 16384: ${ST_MISSES:-?} slice misses"
+	[ "${ST_MISSES:-0}" -ge 512 ] ||
+		{ _qdiag "too few misses: the slices were not recycled"; r=1; }
+	_dm_remove "$name" >/dev/null 2>&1 || r=1
+else
+	r=1
+fi
+_check_dmesg_clean >/dev/null || { _qdiag "dmesg not clean"; r=1; }
+_result "fio verify_only, 4 jobs, 4k image, cache_size 16384 (4 slices for 32)" $r
 
 r=0
 name="${QCOW2_DM_PREFIX}fiobad"
