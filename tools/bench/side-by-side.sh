@@ -4,7 +4,7 @@
 # side-by-side.sh - the per-I/O cost of mapping preallocated clusters, measured
 # with raw and the target running at the same time (guest side).
 #
-# Run in a test VM with the module loaded (1.5 GiB of guest memory per
+# Run in a test VM with the module loaded (about 2 GiB of guest memory per
 # target, for the null_blk devices):
 #
 #   tools/testing/vm/run-vm.sh --kver KVER --module build/KVER/dm-qcow2.ko \
@@ -17,9 +17,9 @@
 # round and workload (4k random reads or writes, O_DIRECT, libaio, QD1 and
 # QD32, SBS_SECONDS seconds, default 8) drives one job per target at once,
 # and prints each job's IOPS and its ratio to the first target's, then the
-# median of each ratio over the rounds.  The
-# targets move to the next device each round, so that a device's own speed
-# does not favour one of them.
+# median of each ratio over the rounds.  The targets move to the next
+# device each round, so that a device's own speed does not favour one of
+# them.
 #
 # Why at the same time: on the 2-CPU TCG hosts this project runs on, the
 # rate of one run moves by 15% or more from one minute to the next, which
