@@ -54,7 +54,7 @@ qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "$IMG" 8M || rc
 entries=$(($(_get_be "$IMG" 56 4) * 64))
 last=$((entries - 1))
 # QEMU's data until the image ends in range last - 1 (an estimate first)
-off=$((1856 * K))
+off=$((1904 * K))
 [ $rc -eq 0 ] && _qio "$IMG" "write -q -P 0x11 0 $off" || rc=1
 end=0
 while [ $rc -eq 0 ]; do
