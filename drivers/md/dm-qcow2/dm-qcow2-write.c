@@ -1865,8 +1865,9 @@ static struct qcow2_slice *qcow2_l2_prefetch(struct qcow2_target *qt, u64 l1_idx
 
 /*
  * Begin an update of L2 entry (@l1_idx, @l2_idx): begin_update, take
- * meta_lock, make the L2 table writable and get the entry's slice.  Returns the slice with meta_lock held, or an
- * ERR_PTR with the update ended and the lock dropped.
+ * meta_lock, make the L2 table writable and get the entry's slice.  Returns
+ * the slice with meta_lock held, or an ERR_PTR with the update ended and the
+ * lock dropped.
  */
 static struct qcow2_slice *qcow2_begin_l2_update(struct qcow2_target *qt, u64 l1_idx,
 						 u64 l2_idx)
