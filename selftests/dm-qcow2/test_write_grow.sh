@@ -63,9 +63,9 @@ while [ $rc -eq 0 ]; do
 	_qio "$IMG" "write -q -P 0x11 $off 8k" || rc=1
 	off=$((off + 8 * K))
 done
-if [ $rc -eq 0 ] && { [ "$end" -ge $((last * RANGE)) ] ||
-		      [ $(($(_get_be "$IMG" 56 4) * 64)) -ne "$entries" ]; }; then
-	_qdiag "QEMU's image ends at $end with a table of $(_get_be "$IMG" 56 4) clusters: no room to test"
+rtc=$(_get_be "$IMG" 56 4)
+if [ $rc -eq 0 ] && { [ "$end" -ge $((last * RANGE)) ] || [ $((rtc * 64)) -ne "$entries" ]; }; then
+	_qdiag "QEMU's image ends at $end with a table of $rtc clusters: no room to test"
 	rc=1
 fi
 _qdiag "QEMU wrote $off bytes; image end $end, table of $entries blocks, B at $((last * RANGE))"
@@ -145,17 +145,7 @@ rc=0
 _dm_remove "$P" || rc=1
 _dm_remove "${P}delay" || rc=1
 _wcheck "$IMG" || rc=1
-python3 - "$IMG" "$W1" $((64 * K)) <<'PYEOF' || rc=1
-import subprocess, sys
-img, len1, len2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-for off, n, byte in ((4 << 20, len1, 0x5a), (5 << 20, len2, 0xa5)):
-    r = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c",
-                        "read -P %d %d %d" % (byte, off, n), img],
-                       capture_output=True, text=True)
-    if r.returncode or "Pattern verification failed" in r.stdout + r.stderr:
-        print("# QEMU does not read %d bytes of 0x%x at %d" % (n, byte, off))
-        sys.exit(1)
-PYEOF
+_qio "$IMG" "read -q -P 0x5a $((4 << 20)) $W1" "read -q -P 0xa5 $((5 << 20)) $((64 * K))" || rc=1
 _check_dmesg_clean >/dev/null || { _qdiag "dmesg not clean"; rc=1; }
 _result "qemu-img check exits 0 and QEMU reads both writes" $rc
 ktap_finish
