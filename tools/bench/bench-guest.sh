@@ -23,6 +23,9 @@
 #   sparse      (f) 1 TiB, preallocation=metadata (128 MiB of L2 tables),
 #                   4k random reads over all of it, dm-qcow2 cache_size curve
 #   open        (g) dmsetup create time and open_reads vs qemu-img info reads
+#   fsync       (h) 4k random writes each followed by fsync, one writer and
+#                   four, preallocated and allocating, on a device with a
+#                   volatile write cache
 #
 # Output: lines "BENCH-<TYPE> <json>" on stdout (the host parses them from
 # run-vm's output.log): META, PLAN, POINT, CURVE, OPEN, NOTE, DONE.  Every
@@ -56,7 +59,7 @@ else
 fi
 DEVKIND=${BENCH_DEV:-nullblk}
 WORK=${BENCH_WORK:-}
-ONLY=${BENCH_ONLY:-empty prealloc overlay compressed chain sparse open}
+ONLY=${BENCH_ONLY:-empty prealloc overlay compressed chain sparse open fsync}
 FIO_CPUS=${BENCH_FIO_CPUS:-}
 
 GIB=$((1 << 30))
@@ -67,10 +70,10 @@ SPARSE_SIZE=$((1024 * GIB))	# (f); QUICK: 128 GiB (16 MiB of L2 tables), made in
 # Allocating runs are bounded by a number of I/Os (each 4k write into a new
 # 64 KiB cluster stores 64 KiB; null_blk keeps it in guest RAM).
 if [ "$QUICK" = 1 ]; then
-	CAP_EMPTY_4K=4096; CAP_EMPTY_1M=256; CAP_COW=2048
+	CAP_EMPTY_4K=4096; CAP_EMPTY_1M=256; CAP_COW=2048; CAP_FSYNC=512
 	SPARSE_SIZE=$((128 * GIB))
 else
-	CAP_EMPTY_4K=16384; CAP_EMPTY_1M=1024; CAP_COW=8192
+	CAP_EMPTY_4K=16384; CAP_EMPTY_1M=1024; CAP_COW=8192; CAP_FSYNC=2048
 fi
 
 TMP=/tmp/bench
@@ -79,8 +82,9 @@ QSD_PID=/run/bench-qsd.pid
 VDUSE_NAME=bench-vduse
 CHAIN_LOOPS=()
 DEVPATH=""
+FSYNC_DEV=""	# (h)'s device, with a volatile write cache
 ATTACH_MS=0
-STAT_DEVS=()	# block devices under raw and dm-qcow2 (/sys/class/block names)
+STAT_DEVS=()	# block devices under the backend (/sys/class/block names)
 BACKENDS=(raw qcow2 nbd vduse)
 HAVE_NBD=0
 HAVE_VDUSE=0
@@ -115,6 +119,9 @@ wl_args() {
 	fa32) echo "--rw=randwrite --bs=64k --iodepth=32" ;;
 	fc1)  echo "--rw=randrw --rwmixread=50 --bs=64k --iodepth=1" ;;
 	fc32) echo "--rw=randrw --rwmixread=50 --bs=64k --iodepth=32" ;;
+	# (h): an fsync after each write, one writer or four
+	f1)   echo "--rw=randwrite --bs=4k --iodepth=1 --fsync=1" ;;
+	f4)   echo "--rw=randwrite --bs=4k --iodepth=1 --fsync=1 --numjobs=4 --group_reporting" ;;
 	*)    return 1 ;;
 	esac
 }
@@ -132,18 +139,20 @@ stat_devs() {
 }
 
 # Requests completed by the STAT_DEVS, summed, as JSON (fields of
-# Documentation/block/stat.rst: reads, writes (incl. write-zeroes), discards,
-# flushes).  Builtins only: no exec between the counters and fio.
+# Documentation/block/stat.rst: reads, writes (incl. write-zeroes), sectors
+# written, discards, flushes).  Builtins only: no exec between the counters
+# and fio.
 devstat() {
-	local d f r=0 w=0 dc=0 fl=0
+	local d f r=0 w=0 ws=0 dc=0 fl=0
 	for d in "${STAT_DEVS[@]}"; do
 		[ -r "/sys/class/block/$d/stat" ] || { echo null; return; }
 		read -r -a f < "/sys/class/block/$d/stat"
-		r=$((r + f[0])); w=$((w + f[4]))
+		r=$((r + f[0])); w=$((w + f[4])); ws=$((ws + f[6]))
 		dc=$((dc + ${f[11]:-0})); fl=$((fl + ${f[15]:-0}))
 	done
 	[ ${#STAT_DEVS[@]} -gt 0 ] || { echo null; return; }
-	printf '{"reads":%s,"writes":%s,"discards":%s,"flushes":%s}\n' "$r" "$w" "$dc" "$fl"
+	printf '{"reads":%s,"writes":%s,"wsect":%s,"discards":%s,"flushes":%s}\n' \
+		"$r" "$w" "$ws" "$dc" "$fl"
 }
 
 # dm-qcow2 status fields after the target name, as JSON (no jq: cheaper)
@@ -340,9 +349,12 @@ nbd_keeper() {
 		note "could not hold /dev/nbd15 open: nbd columns may flip a static key"
 }
 
-# attach_nbd rw|ro TOP   (backing files are opened by qemu from the headers)
+# attach_nbd rw|ro TOP [BACKING...]   (qemu opens the backing files from the
+# headers; they are given for devstat only)
 attach_nbd() {
 	local mode=$1 top=$2 args=() t0 i s
+	shift
+	stat_devs "$@"
 	[ "$mode" = ro ] && args+=(-r)
 	t0=$(now_ms)
 	qemu-nbd "${args[@]}" -c /dev/nbd0 -f qcow2 --cache=none --aio=native "$top" \
@@ -375,6 +387,7 @@ attach_vduse() {
 	shift
 	devs=("$@")
 	[ "$mode" = ro ] && { ro=true; wr=off; }
+	stat_devs "$@"
 	for ((i = ${#devs[@]} - 1; i >= 0; i--)); do
 		r=true
 		[ "$i" = 0 ] && r=$ro	# backing layers are read-only
@@ -425,7 +438,7 @@ attach() {
 	case $be in
 	raw) attach_raw "$1" ;;
 	qcow2) attach_qcow2 "$mode" "$size" "${CACHE_SIZE:-}" "$@" ;;
-	nbd) attach_nbd "$mode" "$1" ;;
+	nbd) attach_nbd "$mode" "$@" ;;
 	vduse) attach_vduse "$mode" "$@" ;;
 	esac
 }
@@ -492,12 +505,12 @@ point() {
 		fio "${FIO_ARGS[@]}" 2>"$TMP/fio.err" || err="warm-up: $(head -c 300 "$TMP/fio.err")"
 	fi
 	[ "$be" = qcow2 ] && st0=$(qcow2_status bench-qcow2)
-	case $be in raw|qcow2) ds0=$(devstat) ;; esac
+	ds0=$(devstat)
 	fio_args "$DEVPATH" "$wl" "$region" "$mode" "$cap"
 	rm -f "$out"
 	t0=$(now_ms)
 	fio "${FIO_ARGS[@]}" >"$out" 2>"$TMP/fio.err" || err+="fio: $(head -c 300 "$TMP/fio.err")"
-	case $be in raw|qcow2) ds1=$(devstat) ;; esac
+	ds1=$(devstat)
 	[ "$be" = qcow2 ] && st1=$(qcow2_status bench-qcow2)
 	# One jq: the BENCH-POINT line, then a summary line for the log.
 	# (failed when there is no output or jq cannot read it)
@@ -900,6 +913,100 @@ kind_open() {
 }
 
 # ---------------------------------------------------------------------------
+# (h) fsync: 4k random writes at QD1, each followed by an fsync (fio's
+# --fsync=1), by one writer and by four at once (f1, f4), on a device with a
+# volatile write cache: without one the block layer completes every flush
+# before a backend sees it.  With null_blk that is a device of its own
+# (configfs, cache_size; the other kinds keep theirs without a cache); a
+# virtio disk with cache=writeback has one already.  Variants: prealloc,
+# overwrites of clusters that preallocation=metadata mapped (a flush has no
+# metadata to commit); empty, a fresh image per point whose writes all
+# allocate (each fsync commits metadata).  With four writers, one commit may
+# serve the writes of several.  devstat counts the requests every backend
+# sends the device, flushes among them.
+
+FSYNC_NULLB=/sys/kernel/config/nullb/nullb2
+
+# fsync_dev_up: sets FSYNC_DEV (1 on failure, with a note)
+fsync_dev_up() {
+	local a
+	if [ "$DEVKIND" != nullblk ]; then
+		FSYNC_DEV=$SCRATCH
+	else
+		mountpoint -q /sys/kernel/config ||
+			mount -t configfs configfs /sys/kernel/config 2>/dev/null
+		if ! mkdir "$FSYNC_NULLB" 2>/dev/null; then
+			note "fsync: no null_blk configfs device"
+			return 1
+		fi
+		# size and cache_size in MiB: the 64 GiB image of (b) and its metadata
+		for a in size=66560 blocksize=512 memory_backed=1 cache_size=64 discard=1 power=1; do
+			echo "${a#*=}" >"$FSYNC_NULLB/${a%%=*}" ||
+				{ note "fsync: null_blk configfs: cannot set $a"; fsync_dev_down; return 1; }
+		done
+		udevadm settle 2>/dev/null
+		FSYNC_DEV=/dev/nullb2
+	fi
+	if [ ! -b "$FSYNC_DEV" ] ||
+	   [ "$(cat "/sys/block/${FSYNC_DEV#/dev/}/queue/write_cache" 2>/dev/null)" != "write back" ]; then
+		note "fsync: $FSYNC_DEV missing or without a volatile write cache"
+		fsync_dev_down
+		return 1
+	fi
+}
+
+fsync_dev_down() {
+	[ "$DEVKIND" = nullblk ] && [ -d "$FSYNC_NULLB" ] || return 0
+	echo 0 >"$FSYNC_NULLB/power" 2>/dev/null
+	rmdir "$FSYNC_NULLB" 2>/dev/null
+}
+
+fsync_reset() {
+	blkdiscard -o 0 -l "$RESET_SIZE" "$FSYNC_DEV" 2>/dev/null ||
+		dd if=/dev/zero of="$FSYNC_DEV" bs=1M count=1 oflag=direct status=none
+}
+
+kind_fsync() {
+	local v wl be cap size mode wls=(f1 f4) variants=(prealloc empty)
+	[ "$QUICK" = 1 ] && wls=(f4)
+	for v in "${variants[@]}"; do for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
+		backend_ok "$be" && plan fsync "$v" "$wl" "$be"
+	done; done; done
+	if ! fsync_dev_up; then
+		for v in "${variants[@]}"; do for wl in "${wls[@]}"; do for be in "${BACKENDS[@]}"; do
+			backend_ok "$be" && failed fsync "$v" "$wl" "$be" "no device with a write cache"
+		done; done; done
+		return
+	fi
+	for v in "${variants[@]}"; do
+		for wl in "${wls[@]}"; do
+			# --number_ios counts per job: f4 has four
+			cap=$CAP_FSYNC
+			[ "$wl" = f4 ] && cap=$((CAP_FSYNC / 4))
+			for be in "${BACKENDS[@]}"; do
+				backend_ok "$be" || continue
+				fsync_reset
+				size=$SIZE mode=steady
+				[ "$v" = empty ] && size=$EMPTY_SIZE mode=alloc
+				if [ "$be" != raw ]; then
+					if [ "$v" = prealloc ]; then
+						qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=65536 \
+							"$FSYNC_DEV" "$SIZE"
+					else
+						qemu-img create -q -f qcow2 -o cluster_size=65536 "$FSYNC_DEV" "$EMPTY_SIZE"
+					fi || { failed fsync "$v" "$wl" "$be" "qemu-img create failed"; continue; }
+				fi
+				run_point fsync "$v" "$wl" "$be" rw "$size" "$mode" "$cap" "$FSYNC_DEV" &&
+					[ "$be" = qcow2 ] &&
+					CHECK_WHAT="fsync-$v/$wl via dm-qcow2" check_image "$FSYNC_DEV"
+			done
+		done
+	done
+	fsync_reset
+	fsync_dev_down
+}
+
+# ---------------------------------------------------------------------------
 
 main() {
 	local k t0 t1 durs="{}"
@@ -915,14 +1022,16 @@ main() {
 		--argjson repeat "$REPEAT" --arg fio_cpus "$FIO_CPUS" \
 		--argjson nbd "$HAVE_NBD" --argjson vduse "$HAVE_VDUSE" \
 		--argjson cap_empty_4k "$CAP_EMPTY_4K" --argjson cap_empty_1m "$CAP_EMPTY_1M" \
-		--argjson cap_cow "$CAP_COW" --arg only "$ONLY" --argjson sparse "$SPARSE_SIZE" \
+		--argjson cap_cow "$CAP_COW" --argjson cap_fsync "$CAP_FSYNC" \
+		--arg only "$ONLY" --argjson sparse "$SPARSE_SIZE" \
 		--arg qcow2ver "$(dmsetup targets | awk '$1 == "qcow2" { print $2 }')" \
 		'{guest_kernel: $kernel, guest_cpu: $cpu, guest_ncpu: $ncpu, guest_mem_mib: $mem,
 		  device: $dev, device_kind: $devkind, scratch: $scratch, base: $base,
 		  fio: $fio, qemu: $qemu, quick: $quick, runtime: $runtime, ramp: $ramp, repeat: $repeat,
 		  fio_cpus: $fio_cpus,
 		  have_nbd: $nbd, have_vduse: $vduse, cap_empty_4k: $cap_empty_4k,
-		  cap_empty_1m: $cap_empty_1m, cap_cow: $cap_cow, kinds: $only, sparse_size: $sparse,
+		  cap_empty_1m: $cap_empty_1m, cap_cow: $cap_cow, cap_fsync: $cap_fsync,
+		  kinds: $only, sparse_size: $sparse,
 		  dm_qcow2_version: $qcow2ver}')"
 
 	# Kinds run in the order given; the (a) image (the base of (c) and (e))

@@ -29,10 +29,11 @@ WORKLOADS = {
     "sr": "1M read QD4", "sw": "1M write QD4",
     "fa1": "64k randwrite QD1", "fa32": "64k randwrite QD32",
     "fc1": "64k randrw 50/50 QD1", "fc32": "64k randrw 50/50 QD32",
+    "f1": "4k randwrite + fsync, 1 writer", "f4": "4k randwrite + fsync, 4 writers",
 }
-WL_ORDER = ["rr1", "rr32", "rw1", "rw32", "sr", "sw"]
+WL_ORDER = ["rr1", "rr32", "rw1", "rw32", "sr", "sw", "f1", "f4"]
 SPARSE_SIZE = [1 << 40]		# set from the guest's META
-KIND_ORDER = ["prealloc", "empty", "overlay", "compressed", "chain", "sparse"]
+KIND_ORDER = ["prealloc", "empty", "overlay", "compressed", "chain", "sparse", "fsync"]
 
 
 def kind_label(kind, variant):
@@ -53,6 +54,9 @@ def kind_label(kind, variant):
         if variant == "default":
             return "(f) %s sparse, default cache" % size
         return "(f) %s sparse, cache_size %s" % (size, human_bytes(int(variant[len("cache"):])))
+    if kind == "fsync":
+        return "(h) %s, write cache" % ("preallocated, overwrites" if variant == "prealloc"
+                                        else "empty, allocating writes")
     return "%s %s" % (kind, variant)
 
 
@@ -176,6 +180,8 @@ def devreqs(p):
         return None
     d = {k: (a[k] - b[k]) / ios for k in ("reads", "writes", "discards", "flushes")}
     d["total"] = sum(d.values())
+    d["kib_written"] = ((a["wsect"] - b["wsect"]) / 2 / ios
+                        if "wsect" in a and "wsect" in b else None)
     return d
 
 
@@ -195,6 +201,8 @@ def build_rows(points):
             vkey = "%06d" % int(variant)
         elif kind == "sparse":
             vkey = "0" if variant == "default" else "1%012d" % int(variant[len("cache"):])
+        elif kind == "fsync":
+            vkey = "0" if variant == "prealloc" else variant
         return (KIND_ORDER.index(kind) if kind in KIND_ORDER else 99, vkey,
                 WL_ORDER.index(wl) if wl in WL_ORDER else 99)
 
@@ -555,6 +563,35 @@ def main():
                   "while earlier copies are written); a backend that does this I/O one write at a "
                   "time cannot beat qemu-nbd by more than the rate here divided by qemu-nbd's.")
         md.append("")
+    fsyncs = [r for r in rows if r["kind"] == "fsync"]
+    if fsyncs:
+        last = {key(p): p for p in points}
+        md.append("### (h) fsync: device requests per write")
+        md.append("")
+        md.append("| workload | image kind | %s |" % " | ".join(
+            "%s writes/s: KiB written / flushes per write" % BACKEND_NAMES[b] for b in BACKENDS))
+        md.append("|---|---|%s" % ("--:|" * len(BACKENDS)))
+        for r in fsyncs:
+            cells = []
+            for b in BACKENDS:
+                d = devreqs(last.get(("fsync", r["variant"], r["workload"], b)))
+                v = fmt_val(r["values"][b], "IOPS")
+                cells.append("%s: %.1f / %.2f" % (v, d["kib_written"], d["flushes"])
+                             if d and d.get("kib_written") is not None else v)
+            md.append("| %s | %s | %s |" % (r["workload_label"], r["label"], " | ".join(cells)))
+        md.append("")
+        md.append("Each write is followed by an fsync of the device (fio `--fsync=1`, QD1 per "
+                  "writer; with 4 writers fio's `--numjobs=4`, one region).  The device has a "
+                  "volatile write cache (%s), so each fsync reaches the backend as a flush.  "
+                  "KiB written (data and metadata; the empty write requests that carry a flush "
+                  "write nothing) and flush requests are those the device completed during "
+                  "the measured run (for qemu-nbd and vduse, what QEMU sent it), divided by "
+                  "fio's writes: "
+                  "a backend that lets one flush serve several writers sends fewer than one "
+                  "flush per write with 4 writers." % (
+                      "a null_blk device of its own, configfs `cache_size=64` (MiB)"
+                      if meta.get("device_kind") == "nullblk" else "the virtio disk's"))
+        md.append("")
     if chains:
         md.append("### (e) chains against the chain of 1 layer (dm-qcow2)")
         md.append("")
@@ -674,8 +711,13 @@ def main():
     md.append("- qemu-nbd: `qemu-nbd -c /dev/nbd0 -f qcow2 --cache=none --aio=native` (one connection, "
               "default options); vduse: `qemu-storage-daemon --blockdev` qcow2 over host_device with "
               "`cache.direct=on,aio=native` (every backing layer explicit), `--export type=vduse-blk` "
-              "(default 1 queue of 256), `vdpa dev add`.  Writes are not followed by a flush in any "
-              "column: dm-qcow2 and QEMU both keep metadata in memory until a flush.")
+              "(default 1 queue of 256), `vdpa dev add`.  Outside (h), writes are not followed by a "
+              "flush in any column: dm-qcow2 and QEMU both keep metadata in memory until a flush.")
+    md.append("- (h): a 1 GiB image with `preallocation=metadata` (writes overwrite mapped "
+              "clusters; raw writes the same device's first 1 GiB) for %s s per point, and a "
+              "fresh 64 GiB image per point (every write allocates) for at most %s writes "
+              "(with 4 writers, a quarter each) and %s s; the device is discarded before "
+              "each point." % (meta.get("runtime"), meta.get("cap_fsync"), meta.get("runtime")))
     md.append("- Before the first point the guest's free memory is touched once and freed "
               "(bench-guest.sh, warm_memory): under TCG the first write to a page of guest memory "
               "costs a page fault on the host, which would otherwise fall on the first points that "

@@ -12,7 +12,7 @@
 #   BENCH_DEV       nullblk (default: null_blk memory_backed=1 in the guest)
 #                   or virtio (two virtio-blk disks backed by host tmpfs)
 #   BENCH_ONLY      kinds to run, in order (default: empty prealloc overlay
-#                   compressed chain sparse open)
+#                   compressed chain sparse open fsync)
 #   BENCH_RUNTIME, BENCH_RAMP   seconds per steady fio point (default 15 and 2;
 #                   QUICK: 3 and 1)
 #   BENCH_REPEAT    runs of raw and dm-qcow2 for (a)'s 4k points and (e), alternating;
