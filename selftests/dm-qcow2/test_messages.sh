@@ -14,7 +14,9 @@
 #      no allocation; a 1 MiB aligned write is 16 allocations in map()
 #      (whole clusters, allocated together, written in one clone); a
 #      discard of one cluster zeroes one, and the flush after it is counted,
-#      commits and frees its host cluster;
+#      commits and frees its host cluster; then, with no metadata dirty, an
+#      fsync and a rewrite + fsync are clean flushes (passed to the device,
+#      no commit), while a write to a new cluster + fsync commits;
 #   c) over a backing image with data, a read of that data counts a backing
 #      read and a 4 KiB write into it copies one cluster (a worker: the
 #      overlay has no L2 table there yet), while one into a hole of the
@@ -49,7 +51,7 @@ K=1024
 DM=${QCOW2_DM_PREFIX}msg
 NAMES="map_reads map_writes deferred backing_reads compressed_reads map_allocs
 worker_allocs copies zero_fills zeroed_allocs zero_ahead zero_ahead_clusters
-zero_ahead_waits zeroed_tables zeroed_clusters freed_clusters flushes commits
+zero_ahead_waits zeroed_tables zeroed_clusters freed_clusters flushes clean_flushes commits
 commit_usecs commit_blocked_usecs commit_locked commit_copies commit_redirtied cache_shrunk"
 
 ktap_header
@@ -215,6 +217,22 @@ if _shard_mine 1; then
 	_delta "$DM" "discard of one cluster, fsync" "zeroed_clusters == 1" "flushes >= 1" \
 		"commits >= 1" "freed_clusters == 1" || rc=1
 	[ "${ST[commit_usecs]}" -gt 0 ] || { _qdiag "commit_usecs is 0 after commits"; rc=1; }
+	# Nothing dirty: flushes go to the device without a commit, until a
+	# write changes metadata again.
+	_mark "$DM" || rc=1
+	_fsync "$MAP_DEV" || rc=1
+	_delta "$DM" "fsync with nothing dirty" "flushes >= 1" "clean_flushes >= 1" \
+		"commits == 0" "deferred == 0" || rc=1
+	_mark "$DM" || rc=1
+	_dd_at "$MAP_DEV" $((8 * K)) 4096 0x71 || rc=1
+	_fsync "$MAP_DEV" || rc=1
+	_delta "$DM" "4k rewrite, fsync" "map_writes == 1" "clean_flushes >= 1" \
+		"commits == 0" || rc=1
+	_mark "$DM" || rc=1
+	_dd_at "$MAP_DEV" $((20 * M)) 4096 0x72 || rc=1
+	_fsync "$MAP_DEV" || rc=1
+	_delta "$DM" "4k write to a new cluster, fsync" "map_allocs+worker_allocs == 1" \
+		"commits >= 1" || rc=1
 	_check_wstatus "$DM" rw || rc=1
 	_wunmap "$DM"
 	_wcheck "$IMG" || rc=1

@@ -585,11 +585,18 @@ int qcow2_map(struct dm_target *ti, struct bio *bio)
 
 	if (unlikely(op_is_flush(bio->bi_opf) && !bio_sectors(bio))) {
 		if (qt->reftable) {
-			/* Commit metadata, then the device's cache. */
-			qcow2_defer(qt, bio);
-			return DM_MAPIO_SUBMITTED;
+			if (!qcow2_flush_clean(qt)) {
+				/* Commit metadata, then the device's cache. */
+				qcow2_defer(qt, bio);
+				return DM_MAPIO_SUBMITTED;
+			}
+			qcow2_count(qt, QCOW2_STAT_FLUSHES);
+			qcow2_count(qt, QCOW2_STAT_CLEAN_FLUSHES);
 		}
-		/* Nothing of ours is volatile while read-only: pass the flush down. */
+		/*
+		 * Nothing of ours is volatile (read-only, or no metadata to
+		 * commit): pass the flush down.
+		 */
 		bio_set_dev(bio, qt->layers[0].dev->bdev);
 		return DM_MAPIO_REMAPPED;
 	}

@@ -861,6 +861,7 @@ static const char * const qcow2_stat_names[] = {
 	[QCOW2_STAT_ZEROED_CLUSTERS] = "zeroed_clusters",
 	[QCOW2_STAT_FREED_CLUSTERS] = "freed_clusters",
 	[QCOW2_STAT_FLUSHES] = "flushes",
+	[QCOW2_STAT_CLEAN_FLUSHES] = "clean_flushes",
 	[QCOW2_STAT_COMMITS] = "commits",
 	[QCOW2_STAT_COMMIT_USECS] = "commit_usecs",
 	[QCOW2_STAT_COMMIT_BLOCKED_USECS] = "commit_blocked_usecs",
@@ -1028,7 +1029,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 13, 0},
+	.version = {1, 14, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,

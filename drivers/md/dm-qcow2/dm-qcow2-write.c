@@ -1348,11 +1348,16 @@ static int qcow2_commit_run(struct qcow2_target *qt, bool full, bool drain)
 	u64 t0 = ktime_get_ns();
 	int r;
 
+	WRITE_ONCE(qt->commit_seq, qt->commit_seq + 1);
+	/* Odd before the commit takes anything: see qcow2_flush_clean(). */
+	smp_mb();
 	qt->commits_started++;
 	if (full)
 		qt->full_commits_started++;
 	r = __qcow2_commit(qt, full, drain);
-	qt->commit_error = r;
+	WRITE_ONCE(qt->commit_error, r);
+	/* Even once its writes and flushes are done (and its error known). */
+	smp_store_release(&qt->commit_seq, qt->commit_seq + 1);
 	qcow2_count(qt, QCOW2_STAT_COMMITS);
 	qcow2_count_add(qt, QCOW2_STAT_COMMIT_USECS,
 			div_u64(ktime_get_ns() - t0, NSEC_PER_USEC));
@@ -1380,6 +1385,34 @@ int qcow2_commit(struct qcow2_target *qt, bool full)
 		r = qcow2_commit_run(qt, full, false);
 	mutex_unlock(&qt->commit_mutex);
 	return r;
+}
+
+/*
+ * Whether a flush has nothing of ours to make durable, so that map() can
+ * pass it to the device: no dirty slice, no free waiting for a commit, and
+ * no commit running (whose copies are off the dirty list until written),
+ * with nothing of that changing while we look.  Dirty L1 and refcount table
+ * sectors need no check of their own: the update that dirties one (a new L2
+ * table, a new refcount block) allocates a cluster, which dirties the
+ * refcount block that counts it, and one commit takes both.  With lazy
+ * refcounts, refcount blocks stay dirty across flushes by design: those
+ * flushes always commit.  The writes a flush covers have completed, so
+ * their updates (for an allocation in map(), the slice marked dirty before
+ * its data write) are seen here.
+ */
+bool qcow2_flush_clean(struct qcow2_target *qt)
+{
+	/* Pairs with the release in qcow2_commit_run(): its writes are done. */
+	unsigned int seq = smp_load_acquire(&qt->commit_seq);
+	bool clean;
+
+	if ((seq & 1) || qt->lazy_refcounts)
+		return false;
+	clean = READ_ONCE(qt->mode) == QCOW2_MODE_RW && !READ_ONCE(qt->commit_error) &&
+		!qcow2_cache_has_dirty(qt->cache) && !READ_ONCE(qt->nr_deferred);
+	/* What a commit takes, before its count again: pairs with the smp_mb(). */
+	smp_rmb();
+	return clean && READ_ONCE(qt->commit_seq) == seq;
 }
 
 /*

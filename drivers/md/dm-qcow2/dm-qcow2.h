@@ -80,6 +80,7 @@ enum qcow2_stat {
 	QCOW2_STAT_ZEROED_CLUSTERS,
 	QCOW2_STAT_FREED_CLUSTERS,
 	QCOW2_STAT_FLUSHES,
+	QCOW2_STAT_CLEAN_FLUSHES,
 	QCOW2_STAT_COMMITS,
 	QCOW2_STAT_COMMIT_USECS,
 	QCOW2_STAT_COMMIT_BLOCKED_USECS,
@@ -158,6 +159,7 @@ struct qcow2_target {
 	struct mutex meta_lock;		/* tables, refcounts, allocator */
 	struct rw_semaphore update_sem;	/* updates (read) vs commit (write) */
 	struct mutex commit_mutex;
+	unsigned int commit_seq;	/* odd while a commit runs */
 	u64 commits_started;
 	u64 full_commits_started;	/* ... that wrote refcounts too */
 	int commit_error;
@@ -329,6 +331,7 @@ s64 qcow2_own_l2(struct qcow2_target *qt, u64 guest);
 int qcow2_write_header(struct qcow2_target *qt, unsigned int offset,
 		       const void *val, unsigned int len);
 int qcow2_commit(struct qcow2_target *qt, bool full);
+bool qcow2_flush_clean(struct qcow2_target *qt);
 int qcow2_commit_clean(struct qcow2_target *qt);
 blk_status_t qcow2_process_write(struct qcow2_target *qt, struct bio *bio);
 bool qcow2_alloc_in_map(struct qcow2_target *qt, struct bio *bio);
