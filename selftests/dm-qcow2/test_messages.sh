@@ -15,8 +15,9 @@
 #      (whole clusters, allocated together, written in one clone); a
 #      discard of one cluster zeroes one, and the flush after it is counted,
 #      commits and frees its host cluster; then, with no metadata dirty, an
-#      fsync and a rewrite + fsync are clean flushes (passed to the device,
-#      no commit), while a write to a new cluster + fsync commits;
+#      fsync and a rewrite + fsync are clean flushes (no commit; the image's
+#      loop device completes a flush), while a write to a new cluster +
+#      fsync commits;
 #   c) over a backing image with data, a read of that data counts a backing
 #      read and a 4 KiB write into it copies one cluster (a worker: the
 #      overlay has no L2 table there yet), while one into a hole of the
@@ -117,6 +118,14 @@ _delta()
 		esac || { _qdiag "$what: $lhs changed by $got, expected $op $want"; rc=1; }
 	done
 	return $rc
+}
+
+# _dev_flushes DEV   flush requests DEV completed (Documentation/block/stat.rst)
+_dev_flushes()
+{
+	local f
+	read -r -a f <"/sys/class/block/$(basename "$(readlink -f "$1")")/stat" || return 1
+	echo "${f[15]:-}"
 }
 
 # _dd_at DEV OFF LEN BYTE   write LEN bytes of BYTE at OFF, direct
@@ -220,9 +229,13 @@ if _shard_mine 1; then
 	# Nothing dirty: flushes go to the device without a commit, until a
 	# write changes metadata again.
 	_mark "$DM" || rc=1
+	f0=$(_dev_flushes "$MAP_IMGDEV")
 	_fsync "$MAP_DEV" || rc=1
+	f1=$(_dev_flushes "$MAP_IMGDEV")
 	_delta "$DM" "fsync with nothing dirty" "flushes >= 1" "clean_flushes >= 1" \
 		"commits == 0" "deferred == 0" || rc=1
+	[ "${f1:-0}" -gt "${f0:-0}" ] ||
+		{ _qdiag "fsync with nothing dirty: no flush reached $MAP_IMGDEV (${f0:-?} -> ${f1:-?})"; rc=1; }
 	_mark "$DM" || rc=1
 	_dd_at "$MAP_DEV" $((8 * K)) 4096 0x71 || rc=1
 	_fsync "$MAP_DEV" || rc=1
