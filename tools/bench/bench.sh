@@ -33,7 +33,7 @@
 # timeout, 126: infrastructure), else 1 when a planned point has no number,
 # else 0.
 #
-# Measured here (2 host CPUs, TCG): QUICK about 5 minutes, full about 35.
+# Measured here (2 host CPUs, TCG): QUICK about 5 minutes, full about 42.
 set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
