@@ -287,10 +287,12 @@ warm_memory() {
 	log "touched $mb MiB of guest memory in $(($(now_ms) - t0)) ms"
 }
 
-# Free what earlier runs stored on the scratch device (null_blk: memory).
+# scratch_reset [DEV]: free what earlier runs stored on DEV (default the
+# scratch device; null_blk: memory).
 scratch_reset() {
-	blkdiscard -o 0 -l "$RESET_SIZE" "$SCRATCH" 2>/dev/null ||
-		dd if=/dev/zero of="$SCRATCH" bs=1M count=1 oflag=direct status=none
+	local dev=${1:-$SCRATCH}
+	blkdiscard -o 0 -l "$RESET_SIZE" "$dev" 2>/dev/null ||
+		dd if=/dev/zero of="$dev" bs=1M count=1 oflag=direct status=none
 }
 
 backend_ok() {
@@ -961,11 +963,6 @@ fsync_dev_down() {
 	rmdir "$FSYNC_NULLB" 2>/dev/null
 }
 
-fsync_reset() {
-	blkdiscard -o 0 -l "$RESET_SIZE" "$FSYNC_DEV" 2>/dev/null ||
-		dd if=/dev/zero of="$FSYNC_DEV" bs=1M count=1 oflag=direct status=none
-}
-
 kind_fsync() {
 	local v wl be cap size mode wls=(f1 f4) variants=(prealloc empty)
 	[ "$QUICK" = 1 ] && wls=(f4)
@@ -985,7 +982,7 @@ kind_fsync() {
 			[ "$wl" = f4 ] && cap=$((CAP_FSYNC / 4))
 			for be in "${BACKENDS[@]}"; do
 				backend_ok "$be" || continue
-				fsync_reset
+				scratch_reset "$FSYNC_DEV"
 				size=$SIZE mode=steady
 				[ "$v" = empty ] && size=$EMPTY_SIZE mode=alloc
 				if [ "$be" != raw ]; then
@@ -1002,7 +999,7 @@ kind_fsync() {
 			done
 		done
 	done
-	fsync_reset
+	scratch_reset "$FSYNC_DEV"
 	fsync_dev_down
 }
 
