@@ -21,6 +21,9 @@ DIR gets what a correct replay gives:
   marks            "I NAME" for every mark
   lastmark.I       for every entry: "M NAME" of the last mark at or before
                    it, or "-1 " if none
+  runs             "F A" for every FLUSH entry F right after two or more
+                   plain writes (entries A..F-1: no FLUSH, FUA, DISCARD or
+                   MARK flag), one a line: where replay-log --torn checks
 """
 
 import argparse
@@ -99,7 +102,8 @@ def main():
             f.write(b"\xee" * 4 * ss)
 
     last = (-1, "")
-    points, marks = [], []
+    points, marks, runs = [], [], []
+    first = None            # first plain write of the current run
     for i, (sec, nr, flags, data) in enumerate(entries):
         if flags & MARK:
             last = (i, data.decode())
@@ -111,6 +115,12 @@ def main():
             nodisc[sec * ss:(sec + nr) * ss] = data
         if flags & (FLUSH | FUA):
             points.append(str(i))
+        if flags & FLUSH and first is not None and i - first >= 2:
+            runs.append("%d %d" % (i, first))
+        if nr and not flags & (FLUSH | FUA | DISCARD | MARK):
+            first = i if first is None else first
+        else:
+            first = None
         with open(os.path.join(a.dir, "after.%d" % i), "wb") as f:
             f.write(dev)
         with open(os.path.join(a.dir, "lastmark.%d" % i), "w") as f:
@@ -121,6 +131,8 @@ def main():
         f.write("".join(x + "\n" for x in points))
     with open(os.path.join(a.dir, "marks"), "w") as f:
         f.write("".join(x + "\n" for x in marks))
+    with open(os.path.join(a.dir, "runs"), "w") as f:
+        f.write("".join(x + "\n" for x in runs))
     return 0
 
 

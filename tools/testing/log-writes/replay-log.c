@@ -8,7 +8,9 @@
  * in order to a replay device that holds what the logged device held when
  * logging started, so that the device can be inspected at any point: after
  * entry N, at a mark, or at every FLUSH/FUA point in turn with a check
- * command run at each one.  See usage() and README in this directory.
+ * command run at each one.  With --torn, a check point that is a flush also
+ * gets crash states in which only the last writes before it reached the
+ * device (see check_torn()).  See usage() and README in this directory.
  *
  * Entries are numbered from 0 in log order.
  */
@@ -87,11 +89,23 @@ struct opts {
 	uint64_t limit;		/* entries to apply; UINT64_MAX: no limit */
 	uint64_t check_every;	/* check every N applied entries (0: off) */
 	uint64_t max_checks;	/* 0: no cap */
+	uint64_t torn;		/* torn states per flush point (0: none) */
 	unsigned int check_kinds;
 	enum discard_mode discard;
 	bool list;
 	bool keep_going;
 	int verbose;
+};
+
+/* A plain write applied since the last entry of another kind. */
+struct pre {
+	uint64_t idx;		/* its entry */
+	char *data;		/* what its range held before it was applied */
+};
+
+struct run {
+	struct pre *w;
+	size_t n, cap;
 };
 
 struct log {
@@ -130,6 +144,12 @@ static void usage(FILE *f)
 		"  --max-checks N       check at most N of the points, spread evenly\n"
 		"                       (the last point is always checked)\n"
 		"  --keep-going         go on after a failed check\n"
+		"  --torn N             at a check point that is a flush, before it,\n"
+		"                       also check up to N states in which only the\n"
+		"                       last 1, 2, 4, ... of the plain writes logged\n"
+		"                       right before it reached the device (a crash\n"
+		"                       that lost the earlier ones); the device is\n"
+		"                       put back before the replay goes on\n"
 		"  --discard MODE       punch (default: punch a hole, or write zeros\n"
 		"                       where that is not supported), zero (write\n"
 		"                       zeros) or skip\n"
@@ -142,7 +162,10 @@ static void usage(FILE *f)
 		"entry, empty if none), REPLAY_MARK_ENTRY (its entry number, -1 if\n"
 		"none), REPLAY_CHECK and REPLAY_CHECKS (number of this check and of\n"
 		"all planned checks), REPLAY_POINTS (number of candidate points),\n"
-		"REPLAY_DEV and REPLAY_LOG in its environment.\n"
+		"REPLAY_DEV and REPLAY_LOG in its environment.  In a torn state\n"
+		"REPLAY_TORN is \"S N\" (the last S of a run of N writes kept) and\n"
+		"REPLAY_TORN_FIRST the first entry kept; REPLAY_ENTRY is the entry\n"
+		"before the flush.  Elsewhere REPLAY_TORN is empty.\n"
 		"\n"
 		"Exit status: 0 done, 1 a check failed, 2 bad arguments, 3 malformed\n"
 		"log or I/O error.\n", prog);
@@ -230,7 +253,9 @@ static void flag_names(uint64_t flags, uint64_t nr_sectors, char *buf,
 	}
 }
 
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
+/* @short_zero: a regular file reads as zeros past its end */
+static int __read_full(int fd, void *buf, size_t len, uint64_t off,
+		       bool short_zero)
 {
 	char *p = buf;
 
@@ -241,6 +266,10 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 			continue;
 		if (n < 0)
 			return -errno;
+		if (n == 0 && short_zero) {
+			memset(p, 0, len);
+			return 0;
+		}
 		if (n == 0)
 			return -EIO;
 		p += n;
@@ -248,6 +277,11 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 		off += n;
 	}
 	return 0;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	return __read_full(fd, buf, len, off, false);
 }
 
 static int write_full(int fd, const void *buf, size_t len, uint64_t off)
@@ -511,6 +545,13 @@ static int copy_data(const struct log *lg, const struct entry *e, int out,
 	return 0;
 }
 
+/* A write that becomes durable only at a later flush. */
+static bool is_plain(const struct entry *e)
+{
+	return e->nr_sectors &&
+	       !(e->flags & (LW_FLUSH | LW_FUA | LW_DISCARD | LW_MARK));
+}
+
 static bool is_point(const struct opts *o, const struct entry *e,
 		     uint64_t applied)
 {
@@ -535,9 +576,11 @@ static void setenv_u64(const char *name, uint64_t v)
 	setenv(name, buf, 1);
 }
 
+/* @torn: "S N" in a torn state (see check_torn()), else NULL */
 static int run_check(const struct opts *o, const struct log *lg, uint64_t i,
 		     const char *mark, int64_t mark_entry, uint64_t check,
-		     uint64_t checks, uint64_t points)
+		     uint64_t checks, uint64_t points, const char *torn,
+		     uint64_t torn_first)
 {
 	const struct entry *e = &lg->entries[i];
 	char fl[64], buf[32];
@@ -563,6 +606,11 @@ static int run_check(const struct opts *o, const struct log *lg, uint64_t i,
 		setenv_u64("REPLAY_POINTS", points);
 		setenv("REPLAY_DEV", o->replay, 1);
 		setenv("REPLAY_LOG", o->log, 1);
+		setenv("REPLAY_TORN", torn ? torn : "", 1);
+		if (torn)
+			setenv_u64("REPLAY_TORN_FIRST", torn_first);
+		else
+			unsetenv("REPLAY_TORN_FIRST");
 		execl("/bin/sh", "sh", "-c", o->check_cmd, (char *)NULL);
 		_exit(127);
 	}
@@ -598,7 +646,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		OPT_LOG = 256, OPT_REPLAY, OPT_LIST, OPT_START_ENTRY,
 		OPT_START_MARK, OPT_END_ENTRY, OPT_END_MARK, OPT_LIMIT,
 		OPT_CHECK_CMD, OPT_CHECK, OPT_MAX_CHECKS, OPT_KEEP_GOING,
-		OPT_DISCARD, OPT_NO_DISCARD,
+		OPT_DISCARD, OPT_NO_DISCARD, OPT_TORN,
 	};
 	static const struct option longopts[] = {
 		{ "log", required_argument, NULL, OPT_LOG },
@@ -616,6 +664,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "keep-going", no_argument, NULL, OPT_KEEP_GOING },
 		{ "discard", required_argument, NULL, OPT_DISCARD },
 		{ "no-discard", no_argument, NULL, OPT_NO_DISCARD },
+		{ "torn", required_argument, NULL, OPT_TORN },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -684,6 +733,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case OPT_NO_DISCARD:
 			o->discard = DISCARD_SKIP;
 			break;
+		case OPT_TORN:
+			if (parse_u64(optarg, &o->torn) || o->torn > 64)
+				goto bad;
+			break;
 		case 'v':
 			o->verbose++;
 			break;
@@ -733,12 +786,142 @@ static const char *last_mark(const struct log *lg, uint64_t i, int64_t *at)
 	return NULL;
 }
 
+static void run_reset(struct run *run)
+{
+	while (run->n)
+		free(run->w[--run->n].data);
+}
+
+/* Before plain write @i is applied: keep what its range holds. */
+static int run_push(struct run *run, const struct log *lg, uint64_t i, int out)
+{
+	const struct entry *e = &lg->entries[i];
+	size_t len = e->nr_sectors * lg->sectorsize;
+	char *data;
+	int ret;
+
+	if (run->n == run->cap) {
+		size_t cap = run->cap ? 2 * run->cap : 16;
+		struct pre *w = realloc(run->w, cap * sizeof(*w));
+
+		if (!w)
+			return -ENOMEM;
+		run->w = w;
+		run->cap = cap;
+	}
+	data = malloc(len);
+	if (!data)
+		return -ENOMEM;
+	ret = __read_full(out, data, len, e->sector * lg->sectorsize, true);
+	if (ret) {
+		free(data);
+		return ret;
+	}
+	run->w[run->n].idx = i;
+	run->w[run->n].data = data;
+	run->n++;
+	return 0;
+}
+
+/*
+ * Undo the whole run: what each write's range held before it, the last
+ * write first, leaves every byte as it was before the first write that
+ * covers it, whatever of the run was applied since.
+ */
+static int run_undo(const struct run *run, const struct log *lg, int out)
+{
+	size_t k;
+	int ret;
+
+	for (k = run->n; k-- > 0;) {
+		const struct entry *e = &lg->entries[run->w[k].idx];
+
+		ret = write_full(out, run->w[k].data, e->nr_sectors * lg->sectorsize,
+				 e->sector * lg->sectorsize);
+		if (ret) {
+			errmsg("restoring the replay device at %" PRIu64 ": %s",
+			       e->sector * lg->sectorsize, strerror(-ret));
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/* Apply the run's writes from the @from-th on. */
+static int run_apply(const struct run *run, const struct log *lg, size_t from,
+		     int out, char *buf)
+{
+	for (; from < run->n; from++)
+		if (copy_data(lg, &lg->entries[run->w[from].idx], out, buf))
+			return -EIO;
+	return 0;
+}
+
+/*
+ * Torn states before flush entry @i.  The plain writes logged right before a
+ * flush are those that completed before it was issued: until it completes,
+ * a crash may have kept any of them and lost the others.  The states
+ * checked keep only the last S of the run of @run->n writes, S = 1, 2, 4,
+ * ... below n, at most o->torn of them: the newest writes on the device,
+ * the ones before them lost, which is what a write order that relies on the
+ * completion of earlier writes without a flush in between cannot survive.
+ * The run is applied in full again afterwards, unless a check fails
+ * without --keep-going: the device is then left in that state.  Returns 0,
+ * 1 when a check failed (@nfailed counts them), or -1 on an I/O error.
+ */
+static int check_torn(const struct opts *o, const struct log *lg, uint64_t i,
+		      const struct run *run, int out, char *buf, uint64_t check,
+		      uint64_t checks, uint64_t points, uint64_t *nchecked,
+		      uint64_t *nfailed)
+{
+	int status = 0;
+	uint64_t s, t;
+	char torn[48], desc[512];
+	const char *m;
+	int64_t mat;
+	int ret;
+
+	m = last_mark(lg, i - 1, &mat);
+	for (s = 1, t = 0; s < run->n && t < o->torn; s *= 2, t++) {
+		if (run_undo(run, lg, out) ||
+		    run_apply(run, lg, run->n - s, out, buf))
+			return -1;
+		if (fsync(out)) {
+			errmsg("fsync %s: %s", o->replay, strerror(errno));
+			return -1;
+		}
+		snprintf(torn, sizeof(torn), "%" PRIu64 " %zu", s, run->n);
+		(*nchecked)++;
+		if (o->verbose > 1)
+			printf("check %" PRIu64 "/%" PRIu64 " before entry %" PRIu64
+			       ", torn: the last %s writes\n", check, checks, i, torn);
+		ret = run_check(o, lg, i - 1, m, mat, check, checks, points, torn,
+				run->w[run->n - s].idx);
+		if (ret) {
+			printf("check failed (exit %d) in a torn state before %s: "
+			       "only entries %" PRIu64 "..%" PRIu64 " of the %zu "
+			       "writes from entry %" PRIu64 " on applied\n",
+			       ret, entry_desc(lg, i, desc, sizeof(desc)),
+			       run->w[run->n - s].idx, i - 1, run->n, run->w[0].idx);
+			(*nfailed)++;
+			status = 1;
+			if (!o->keep_going)
+				return 1;
+		}
+	}
+	if (run_undo(run, lg, out) || run_apply(run, lg, 0, out, buf))
+		return -1;
+	return status;
+}
+
 int main(int argc, char **argv)
 {
 	struct log lg = { .fd = -1 };
 	struct opts o;
 	uint64_t i, start, stop, applied, points, checks, check, point, failed;
 	uint64_t nwrite = 0, ndiscard = 0, nflush = 0, nfua = 0, nmark = 0;
+	uint64_t ntorn = 0, ntorn_failed = 0;
+	struct run run = { 0 };
 	uint64_t rsize = 0;
 	bool rblk = false;
 	char desc[512];
@@ -827,6 +1010,39 @@ int main(int argc, char **argv)
 	failed = 0;
 	for (i = start, applied = 0; i < stop; i++) {
 		const struct entry *e = &lg.entries[i];
+		bool chosen = false;
+
+		if (o.check_cmd && is_point(&o, e, applied + 1)) {
+			point++;
+			/* Spread @checks over @points evenly, the last one included. */
+			chosen = checks >= points ||
+				 point == (check + 1) * points / checks +
+					  !!((check + 1) * points % checks);
+		}
+		if (chosen && o.torn && (e->flags & LW_FLUSH) && run.n > 1) {
+			ret = check_torn(&o, &lg, i, &run, out, buf, check + 1,
+					 checks, points, &ntorn, &ntorn_failed);
+			if (ret < 0) {
+				status = EXIT_LOG;
+				break;
+			}
+			if (ret) {
+				status = EXIT_CHECK;
+				if (!o.keep_going)
+					break;
+			}
+		}
+		if (!is_plain(e)) {
+			run_reset(&run);
+		} else if (o.torn && o.check_cmd) {
+			ret = run_push(&run, &lg, i, out);
+			if (ret) {
+				errmsg("%s: keeping what it overwrites: %s",
+				       entry_desc(&lg, i, desc, sizeof(desc)), strerror(-ret));
+				status = EXIT_LOG;
+				break;
+			}
+		}
 
 		if (o.list || o.verbose)
 			printf("%s\n", entry_desc(&lg, i, desc, sizeof(desc)));
@@ -856,13 +1072,7 @@ int main(int argc, char **argv)
 			nfua++;
 		applied++;
 
-		if (!o.check_cmd || !is_point(&o, e, applied))
-			continue;
-		point++;
-		/* Spread @checks over @points evenly, the last one included. */
-		if (checks < points &&
-		    point != (check + 1) * points / checks +
-			     !!((check + 1) * points % checks))
+		if (!chosen)
 			continue;
 		check++;
 		if (fsync(out)) {
@@ -877,7 +1087,8 @@ int main(int argc, char **argv)
 			if (o.verbose > 1)
 				printf("check %" PRIu64 "/%" PRIu64 " at entry %" PRIu64 "\n",
 				       check, checks, i);
-			ret = run_check(&o, &lg, i, m, mat, check, checks, points);
+			ret = run_check(&o, &lg, i, m, mat, check, checks, points,
+					NULL, 0);
 		}
 		if (ret) {
 			failed++;
@@ -894,10 +1105,16 @@ int main(int argc, char **argv)
 		errmsg("fsync %s: %s", o.replay, strerror(errno));
 		status = EXIT_LOG;
 	}
-	printf("replay-log: %" PRIu64 " entries applied (%" PRIu64 " writes, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " FUA, %" PRIu64 " marks), last entry %" PRId64 "; %" PRIu64 " of %" PRIu64 " check points checked, %" PRIu64 " failed\n",
+	printf("replay-log: %" PRIu64 " entries applied (%" PRIu64 " writes, %" PRIu64 " discards, %" PRIu64 " flushes, %" PRIu64 " FUA, %" PRIu64 " marks), last entry %" PRId64 "; %" PRIu64 " of %" PRIu64 " check points checked, %" PRIu64 " failed",
 	       applied, nwrite, ndiscard, nflush, nfua, nmark,
 	       applied ? (int64_t)(start + applied - 1) : (int64_t)-1,
 	       check, points, failed);
+	if (o.torn)
+		printf("; %" PRIu64 " torn states checked, %" PRIu64 " failed",
+		       ntorn, ntorn_failed);
+	printf("\n");
+	run_reset(&run);
+	free(run.w);
 	free(buf);
 	close(out);
 	return status;

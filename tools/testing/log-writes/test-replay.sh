@@ -46,7 +46,7 @@ fresh()
 }
 
 echo "TAP version 13"
-echo "1..27"
+echo "1..31"
 echo "# seed $SEED (REPLAY_SEED=$SEED reproduces)"
 
 [ -x "$RL" ] || { echo "Bail out! $RL is not built"; exit 1; }
@@ -222,6 +222,87 @@ head -c $((size * 2 / 3)) "$T/log" >"$T/bad"
 rc=$?
 [ $rc -eq 3 ] && grep -q "past the end of the log" "$T/err" && same "$T/r" "$D/initial"
 ok $? "truncated log: exit $rc (want 3), device untouched"
+
+# 28-31: --torn, torn states before flushes
+# The check command: a torn state must be the state before the run plus the
+# last S writes of it (built with --start-entry/--end-entry, tested above);
+# any other point the state after its entry.
+cat >"$T/torn-check.sh" <<'SH'
+D=$1 T=$2 RL=$3 LOG=$4
+if [ -n "$REPLAY_TORN" ]; then
+	set -- $REPLAY_TORN
+	f=$((REPLAY_ENTRY + 1))
+	a=$(awk -v f="$f" '$1 == f { print $2 }' "$D/runs")
+	[ -n "$a" ] && [ "$REPLAY_TORN_FIRST" -eq $((f - $1)) ] && [ "$2" -eq $((f - a)) ] || exit 1
+	src=$D/initial
+	[ "$a" -gt 0 ] && src=$D/after.$((a - 1))
+	cp "$src" "$T/exp" &&
+		"$RL" --log "$LOG" --replay "$T/exp" --start-entry "$REPLAY_TORN_FIRST" \
+			--end-entry "$REPLAY_ENTRY" >/dev/null &&
+		cmp -s "$REPLAY_DEV" "$T/exp" || exit 1
+	echo "$f $1 $2" >>"$T/seen"
+else
+	cmp -s "$REPLAY_DEV" "$D/after.$REPLAY_ENTRY" || exit 1
+fi
+SH
+want=$(awk '{ n = $1 - $2; t = 0; for (s = 1; s < n && t < 3; s *= 2) { print $1, s, n; t++ } }' "$D/runs")
+fresh r "$D"
+: >"$T/seen"
+"$RL" --log "$T/log" --replay "$T/r" --torn 3 --check-cmd \
+	"sh $T/torn-check.sh $D $T $RL $T/log" >"$T/out"
+rc=$?
+nt=$(printf '%s\n' "$want" | grep -c .)
+[ $rc -eq 0 ] && [ "$(cat "$T/seen")" = "$want" ] && same "$T/r" "$D/after.$LAST" &&
+	grep -q "; $nt torn states checked, 0 failed" "$T/out"
+ok $? "--torn 3: $nt torn states before the $(wc -l <"$D/runs") flushes after runs of writes, each the last 1, 2, 4 writes of its run; the whole log replayed after them"
+
+# A fixed log of overlapping writes: a undone after b and c were applied
+# must not bring back what b and c overwrote.
+python3 - "$T/ov.log" "$T/ov" <<'PY'
+import struct, sys
+ss = 512
+def ent(sec, nr, flags, data=b""):
+    return struct.pack("<QQQQ", sec, nr, flags, 0).ljust(ss, b"\0") + data
+es = [ent(0, 8, 0, b"a" * 8 * ss), ent(4, 8, 0, b"b" * 8 * ss), ent(2, 4, 0, b"c" * 4 * ss),
+      ent(0, 0, 1), ent(20, 2, 0, b"d" * 2 * ss), ent(0, 0, 1)]
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<QQQI", 0x6a736677736872, 1, len(es), ss).ljust(ss, b"\0"))
+    f.write(b"".join(es))
+dev = bytearray(b"i" * 32 * ss)
+open(sys.argv[2] + ".init", "wb").write(dev)
+def put(d, sec, ch, nr):
+    d[sec * ss:(sec + nr) * ss] = ch * nr * ss
+t1 = bytearray(dev); put(t1, 2, b"c", 4)                      # last 1 of a, b, c
+t2 = bytearray(dev); put(t2, 4, b"b", 8); put(t2, 2, b"c", 4)  # last 2
+full = bytearray(dev); put(full, 0, b"a", 8); put(full, 4, b"b", 8); put(full, 2, b"c", 4)
+end = bytearray(full); put(end, 20, b"d", 2)
+for n, d in (("t1", t1), ("t2", t2), ("full", full), ("end", end)):
+    open(sys.argv[2] + "." + n, "wb").write(d)
+PY
+cp "$T/ov.init" "$T/r"
+: >"$T/seen"
+"$RL" --log "$T/ov.log" --replay "$T/r" --torn 5 --check-cmd \
+	'case "$REPLAY_TORN" in "1 3") x=t1 ;; "2 3") x=t2 ;; "") x=full; [ "$REPLAY_ENTRY" = 5 ] && x=end ;; *) exit 1 ;; esac
+	 cmp -s "$REPLAY_DEV" "'"$T"'/ov.$x" && echo "$REPLAY_ENTRY $x" >>"'"$T"'/seen"' >"$T/out"
+rc=$?
+[ $rc -eq 0 ] && [ "$(tr '\n' ' ' <"$T/seen")" = "2 t1 2 t2 3 full 5 end " ] && same "$T/r" "$T/ov.end"
+ok $? "--torn on overlapping writes: the last 1 and 2 of 3 writes exactly, the full run after (exit $rc; $(tr '\n' ' ' <"$T/seen"))"
+
+# A failing torn check stops there and leaves that state on the device.
+cp "$T/ov.init" "$T/r"
+"$RL" --log "$T/ov.log" --replay "$T/r" --torn 2 --check-cmd '[ "$REPLAY_TORN" != "2 3" ]' >"$T/out"
+rc=$?
+[ $rc -eq 1 ] && grep -q "check failed (exit 1) in a torn state before entry 3 .*only entries 1..2 of the 3 writes from entry 0 on applied" "$T/out" &&
+	same "$T/r" "$T/ov.t2"
+ok $? "a failing torn check: exit $rc (want 1), reported, the device left in that state"
+
+# With --keep-going the replay goes on from the whole run.
+cp "$T/ov.init" "$T/r"
+"$RL" --log "$T/ov.log" --replay "$T/r" --torn 2 --keep-going --check-cmd '[ "$REPLAY_TORN" != "1 3" ]' >"$T/out"
+rc=$?
+[ $rc -eq 1 ] && grep -q "2 of 2 check points checked, 0 failed; 2 torn states checked, 1 failed" "$T/out" &&
+	same "$T/r" "$T/ov.end"
+ok $? "--torn with --keep-going: exit $rc (want 1), every state checked, the replay completed"
 
 echo "log-writes replay: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
