@@ -60,8 +60,10 @@ Subcommands:
       for a sector changed between flush K and flush K+1, one of the
       values it had during that interval (in-flight writes may or may not
       have reached the disk, but nothing else may appear: no stale data).
-      --snapshot: internal snapshot NAME must read as RAW.  One line per
-      point is appended to --results.  Exit 0 if the point is consistent.
+      The same holds in a torn state of replay-log --torn ($REPLAY_TORN:
+      only the last writes before a flush applied).  --snapshot: internal
+      snapshot NAME must read as RAW.  One line per point is appended to
+      --results.  Exit 0 if the point is consistent.
 
   compare A B [--mask FILE] [--log OPLOG]
       Compare two files or devices byte by byte (block devices are read
@@ -733,6 +735,8 @@ def cmd_crashcheck(a):
     import shutil
     import tempfile
     entry = os.environ.get("REPLAY_ENTRY", "?")
+    # replay-log --torn: only the last S of a run of N writes applied
+    torn = "/".join(os.environ.get("REPLAY_TORN", "").split()) or "-"
     mark = a.mark if a.mark is not None else os.environ.get("REPLAY_MARK", "")
     fails, notes = [], []
     leaks = corr = repaired = inflight = 0
@@ -838,14 +842,16 @@ def cmd_crashcheck(a):
         shutil.rmtree(tmp)
 
     line = ("entry %s mark %s flush %s corruptions %d leaks %d dirty %d repaired %d "
-            "inflight_sectors %d %s" % (entry, mark or "-", k, corr, leaks, int(dirty),
-                                        repaired, inflight, "FAIL" if fails else "ok"))
+            "inflight_sectors %d torn %s %s" % (entry, mark or "-", k, corr, leaks, int(dirty),
+                                                repaired, inflight, torn,
+                                                "FAIL" if fails else "ok"))
     if a.results:
         with open(a.results, "a") as f:
             f.write(line + "\n")
     if fails or leaks or notes:
-        print("# crash point at entry %s (mark '%s', flush %s): %s" %
-              (entry, mark, k, "; ".join(notes + (["%d leaked cluster(s)" % leaks] if leaks else []))
+        print("# crash point at entry %s%s (mark '%s', flush %s): %s" %
+              (entry, "" if torn == "-" else ", torn: the last %s writes" % torn.replace("/", " of "),
+               mark, k, "; ".join(notes + (["%d leaked cluster(s)" % leaks] if leaks else []))
                if not fails else "FAILED"))
     for f in fails:
         for l in f.splitlines():

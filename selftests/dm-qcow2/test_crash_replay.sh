@@ -17,7 +17,12 @@
 #     replay-log replays the log onto a copy of the initial image and, at
 #     every FLUSH/FUA entry (at most $QCOW2_CRASH_POINTS of them per
 #     workload, spread evenly, the last one included), runs
-#     `qcow2_diffwork.py crashcheck`, which requires:
+#     `qcow2_diffwork.py crashcheck`; at a FLUSH point it also does so in
+#     up to $QCOW2_CRASH_TORN torn states (replay-log --torn: of the writes
+#     logged right before the flush, which a crash before it completes may
+#     have kept in any part, only the last 1, 2, ... applied, the earlier
+#     ones lost: a write order that needs a flush it does not send fails
+#     there, not at the flushes).  crashcheck requires:
 #       * `qemu-img check`: no corruption and no corrupt bit.  Leaked
 #         clusters are counted and reported, not failed (a cluster freed in
 #         the last commit may leak, as with QEMU).  With lazy_refcounts and
@@ -47,6 +52,7 @@
 #
 # Environment: QCOW2_SEED (workload k uses seed + k), QCOW2_CASES=ERE,
 # QCOW2_OPS_SCALE=PERCENT, QCOW2_CRASH_POINTS=N (default 5; 0: all),
+# QCOW2_CRASH_TORN=N (torn states per FLUSH point, default 2; 0: none),
 # QCOW2_DEADLINE=SECONDS per workload run (default 150), QCOW2_REPLAY_LOG
 # (path of replay-log).
 
@@ -65,6 +71,7 @@ LOGDEV=$(_disk 2) || exit
 SEED=$(_wseed)
 SCALE=${QCOW2_OPS_SCALE:-100}
 CAP=${QCOW2_CRASH_POINTS:-5}
+TORN=${QCOW2_CRASH_TORN:-2}
 DEADLINE=${QCOW2_DEADLINE:-150}
 echo "# seed $SEED (reproduce with QCOW2_SEED=$SEED; workload k uses seed $SEED+k)"
 
@@ -144,7 +151,7 @@ _run_wl()
 {
 	local idx=$1 name=$2 iopts=$3 cs=$4 vs=$5 ops=$6 kind=$7 topt=$8 weights=$9
 	local d="$WORK/wl$idx" seed=$((SEED + idx)) rc=0 region lw qc bdev table
-	local t0 t1 tw tr status entries rrc cmd np nchk nleak nrep ninf nfail ndirty rt0 rt1
+	local t0 t1 tw tr status entries rrc cmd np nchk nleak nrep ninf nfail ndirty rt0 rt1 ntorn
 	local -a targs=()
 
 	lw="${QCOW2_DM_PREFIX}lw$idx"
@@ -226,7 +233,7 @@ _run_wl()
 	: >"$d/results"
 	local capargs=()
 	[ "$CAP" -gt 0 ] && capargs=(--max-checks "$CAP")
-	"$RL" --log "$LOGDEV" --replay "$d/replay.qcow2" "${capargs[@]}" \
+	"$RL" --log "$LOGDEV" --replay "$d/replay.qcow2" "${capargs[@]}" --torn "$TORN" \
 		--check-cmd "$cmd" >"$d/replay.out" 2>&1
 	rrc=$?
 	_wdiag_file "$d/replay.out"
@@ -242,6 +249,7 @@ _run_wl()
 	nrep=$(awk '$14 > 0 { n++ } END { print n + 0 }' "$d/results")
 	ninf=$(awk '$16 > 0 { n++ } END { print n + 0 }' "$d/results")
 	ndirty=$(awk '$12 > 0 { n++ } END { print n + 0 }' "$d/results")
+	ntorn=$(awk '$18 != "-" { n++ } END { print n + 0 }' "$d/results")
 	tr=$(_elapsed "$t1")
 	[ "$nchk" -gt 0 ] || { _qdiag "no crash point was checked"; rc=1; }
 	if [ "$topt" = lazy_refcounts ] && [ "$ndirty" -eq 0 ]; then
@@ -254,9 +262,10 @@ _run_wl()
 		_qdiag "lazy_refcounts: no checked crash point needed qemu-img check -r: refcount blocks written at every flush?"
 		rc=1
 	fi
-	_qdiag "workload '$name': seed $seed, $ops ops, $entries log entries, crash points checked: $nchk of ${np:-?} FLUSH/FUA points ($nfail failed, $nleak with leaked clusters, $ndirty with the dirty bit, $nrep needed check -r (lazy), $ninf with writes in flight); $(_elapsed "$t0") s (workload $tw s, replay+checks $tr s)"
+	_qdiag "workload '$name': seed $seed, $ops ops, $entries log entries, crash points checked: $nchk ($ntorn of them torn) of ${np:-?} FLUSH/FUA points ($nfail failed, $nleak with leaked clusters, $ndirty with the dirty bit, $nrep needed check -r (lazy), $ninf with writes in flight); $(_elapsed "$t0") s (workload $tw s, replay+checks $tr s)"
 	[ "$nleak" -eq 0 ] || _qdiag "leaks (allowed): $(awk '$10 > 0 { printf "entry %s: %s; ", $2, $10 }' "$d/results")"
 	CRASH_TOTAL=$((CRASH_TOTAL + nchk))
+	TORN_TOTAL=$((TORN_TOTAL + ntorn))
 	if [ $rc -ne 0 ] && [ "${QCOW2_KEEP:-0}" = 1 ]; then
 		_qdiag "kept $d"
 	else
@@ -266,8 +275,9 @@ _run_wl()
 }
 
 CRASH_TOTAL=0
+TORN_TOTAL=0
 ktap_header
-ktap_plan ${#WORKLOADS[@]}
+ktap_plan $((${#WORKLOADS[@]} + 1))
 i=0
 for w in "${WORKLOADS[@]}"; do
 	i=$((i + 1))
@@ -282,5 +292,14 @@ for w in "${WORKLOADS[@]}"; do
 	_check_dmesg_clean || rc=1
 	_result "crash replay: $name" $rc
 done
-_qdiag "$CRASH_TOTAL crash points checked in all; total $(_elapsed) s"
+_qdiag "$CRASH_TOTAL crash points checked in all ($TORN_TOTAL torn); total $(_elapsed) s"
+# Every commit writes metadata after the flush that covers the data and
+# refcounts before it, so checked flushes after runs of writes are common:
+# none at all would mean the torn states are not checked.
+rc=0
+if [ "$TORN" -gt 0 ] && [ "$CRASH_TOTAL" -gt 0 ] && [ "$TORN_TOTAL" -eq 0 ]; then
+	_qdiag "no torn state was checked in any workload"
+	rc=1
+fi
+_result "crash replay: torn states checked" $rc
 ktap_finish
