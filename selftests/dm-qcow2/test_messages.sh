@@ -53,7 +53,7 @@ DM=${QCOW2_DM_PREFIX}msg
 NAMES="map_reads map_writes deferred backing_reads compressed_reads map_allocs
 worker_allocs copies zero_fills zeroed_allocs zero_ahead zero_ahead_clusters
 zero_ahead_waits zeroed_tables zeroed_clusters freed_clusters flushes clean_flushes commits
-commit_usecs commit_blocked_usecs commit_locked commit_copies commit_redirtied cache_shrunk"
+commit_usecs commit_blocked_usecs commit_locked commit_fua commit_copies commit_redirtied cache_shrunk"
 
 ktap_header
 # a) and b) (two results), c) and d): cases 1 to 3, and the dmesg check
@@ -244,8 +244,9 @@ if _shard_mine 1; then
 	_mark "$DM" || rc=1
 	_dd_at "$MAP_DEV" $((20 * M)) 4096 0x72 || rc=1
 	_fsync "$MAP_DEV" || rc=1
+	# One L2 slice to write: with FUA, the flush before it as its PREFLUSH.
 	_delta "$DM" "4k write to a new cluster, fsync" "map_allocs+worker_allocs == 1" \
-		"commits >= 1" || rc=1
+		"commits >= 1" "commit_fua >= 1" || rc=1
 	_check_wstatus "$DM" rw || rc=1
 	_wunmap "$DM"
 	_wcheck "$IMG" || rc=1

@@ -13,7 +13,7 @@
 
 #include "qcow2-format.h"
 
-#define QCOW2SETUP_VERSION	"1.14.0"
+#define QCOW2SETUP_VERSION	"1.15.0"
 
 /* Exit codes (documented in --help and qcow2setup(8)). */
 #define EXIT_OK		0

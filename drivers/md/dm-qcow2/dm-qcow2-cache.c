@@ -713,10 +713,12 @@ int qcow2_cache_wb_take(struct qcow2_cache *c, unsigned int group, bool copy,
  * together, in offset order, and waited for at once, so that a commit costs
  * one device round trip per group rather than one per slice, and the slices
  * of one L2 or refcount table that are dirty together go as one request.
- * Then give them back.  Returns the number of slices written or the first
- * error; failed slices stay dirty.
+ * @flags (REQ_PREFLUSH, REQ_FUA) go on every write (requests with them are
+ * not merged).  Then give them back.  Returns the number of slices written
+ * or the first error; failed slices stay dirty.
  */
-int qcow2_cache_wb_write(struct qcow2_cache *c, struct qcow2_wb_set *set)
+int qcow2_cache_wb_write(struct qcow2_cache *c, struct qcow2_wb_set *set,
+			 blk_opf_t flags)
 {
 	struct qcow2_slice *s;
 	struct qcow2_wb_bio *wbbs;
@@ -729,6 +731,17 @@ int qcow2_cache_wb_write(struct qcow2_cache *c, struct qcow2_wb_set *set)
 	list_sort(NULL, &set->slices, qcow2_wb_cmp);
 
 	wbbs = kvcalloc(set->nr, sizeof(*wbbs), GFP_NOIO);
+	/* Without them, one synchronous write each, bracketed by flushes. */
+	if (!wbbs && (flags & REQ_PREFLUSH)) {
+		int r;
+
+		s = list_first_entry(&set->slices, struct qcow2_slice, lru);
+		r = blkdev_issue_flush(s->layer->dev->bdev);
+		if (r) {
+			qcow2_wb_give_back(c, set, false);
+			return r;
+		}
+	}
 	atomic_set(&wb.pending, 1);
 	init_completion(&wb.done);
 	blk_start_plug(&plug);
@@ -739,9 +752,10 @@ int qcow2_cache_wb_write(struct qcow2_cache *c, struct qcow2_wb_set *set)
 		int r;
 
 		if (!wbbs) {
-			/* No memory for the batch: one synchronous write each. */
 			r = qcow2_write_bytes(c->qt, s->layer, s->offset,
 					      page_address(page), len);
+			if (!r && (flags & REQ_FUA))
+				r = blkdev_issue_flush(s->layer->dev->bdev);
 			s->wb_status = errno_to_blk_status(r);
 			continue;
 		}
@@ -749,7 +763,7 @@ int qcow2_cache_wb_write(struct qcow2_cache *c, struct qcow2_wb_set *set)
 		wbb->s = s;
 		wbb->wb = &wb;
 		bio_init(&wbb->bio, s->layer->dev->bdev, &wbb->bvec, 1,
-			 REQ_OP_WRITE | REQ_SYNC | REQ_META);
+			 REQ_OP_WRITE | REQ_SYNC | REQ_META | flags);
 		wbb->bio.bi_iter.bi_sector = s->offset >> SECTOR_SHIFT;
 		wbb->bio.bi_end_io = qcow2_wb_endio;
 		__bio_add_page(&wbb->bio, page, len, 0);
@@ -774,5 +788,5 @@ int qcow2_cache_writeback(struct qcow2_cache *c, unsigned int group)
 	struct qcow2_wb_set set;
 
 	qcow2_cache_wb_take(c, group, false, &set);
-	return qcow2_cache_wb_write(c, &set);
+	return qcow2_cache_wb_write(c, &set, 0);
 }

@@ -866,6 +866,7 @@ static const char * const qcow2_stat_names[] = {
 	[QCOW2_STAT_COMMIT_USECS] = "commit_usecs",
 	[QCOW2_STAT_COMMIT_BLOCKED_USECS] = "commit_blocked_usecs",
 	[QCOW2_STAT_COMMIT_LOCKED] = "commit_locked",
+	[QCOW2_STAT_COMMIT_FUA] = "commit_fua",
 	[QCOW2_STAT_COMMIT_COPIES] = "commit_copies",
 	[QCOW2_STAT_COMMIT_REDIRTIED] = "commit_redirtied",
 	[QCOW2_STAT_CACHE_SHRUNK] = "cache_shrunk",
@@ -1029,7 +1030,7 @@ static void qcow2_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type qcow2_target = {
 	.name = "qcow2",
-	.version = {1, 14, 0},
+	.version = {1, 15, 0},
 	.module = THIS_MODULE,
 	.ctr = qcow2_ctr,
 	.dtr = qcow2_dtr,

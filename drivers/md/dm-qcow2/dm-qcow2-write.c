@@ -15,6 +15,8 @@
  *       before the commit started, so this flush covers them too)
  *   2. refcount table entries for new refcount blocks  FLUSH (only if any)
  *   3. L2 slices and L1 sectors                         FLUSH
+ *      (a few of them: written with FUA instead, and with the flush of
+ *       step 1 sent as their PREFLUSH, see qcow2_commit_copies())
  *   4. refcount decrements of references that step 3 removed   FLUSH
  *      (only if any).  A freed cluster is discarded on the device and reused
  *      only after I/O that may still use it has drained.
@@ -75,6 +77,8 @@
 #define QCOW2_MAP_RUN_SLICES	3
 /* A new L2 table of at most this many slices enters the cache zero-filled. */
 #define QCOW2_NEW_L2_SLICES	32
+/* Step 3 of a commit that goes with FUA (qcow2_commit_copies()), at most. */
+#define QCOW2_COMMIT_FUA_WRITES	8U
 /* Whole clusters one write allocates at once (1 MiB of 64 KiB clusters). */
 #define QCOW2_BATCH_MAX		16U
 /* A fill around written data of at most this size goes in the data write. */
@@ -246,17 +250,20 @@ static void qcow2_table_copy_cancel(struct qcow2_table_copy *tc, u64 entries,
 /* Sectors of a table one request writes at most (a run may take several). */
 #define QCOW2_TABLE_IO_SECTORS	128U
 
-/* Submit the write of @len bytes of kmalloc'ed @buf at byte @offset of the image. */
+/*
+ * Submit the write of @len bytes of kmalloc'ed @buf at byte @offset of the
+ * image, with @flags (REQ_PREFLUSH, REQ_FUA) too.
+ */
 static void qcow2_table_submit(struct qcow2_target *qt, u64 offset, void *buf, u32 len,
-			       struct qcow2_batch_io *b)
+			       blk_opf_t flags, struct qcow2_batch_io *b)
 {
 	struct block_device *bdev = qcow2_top(qt)->dev->bdev;
 	unsigned int nr = DIV_ROUND_UP(offset_in_page(buf) + len, PAGE_SIZE);
 	struct bio *bio;
 	u32 n;
 
-	bio = bio_alloc_bioset(bdev, nr, REQ_OP_WRITE | REQ_SYNC | REQ_META, GFP_NOIO,
-			       &qt->write_bs);
+	bio = bio_alloc_bioset(bdev, nr, REQ_OP_WRITE | REQ_SYNC | REQ_META | flags,
+			       GFP_NOIO, &qt->write_bs);
 	bio->bi_iter.bi_sector = offset >> SECTOR_SHIFT;
 	for (; len; buf += n, len -= n) {
 		n = min_t(u32, len, PAGE_SIZE - offset_in_page(buf));
@@ -272,13 +279,14 @@ static void qcow2_table_submit(struct qcow2_target *qt, u64 offset, void *buf, u
  * Write the copy taken by qcow2_table_copy_take() to the table at @offset and
  * free it: each run of adjacent sectors in one request (up to
  * QCOW2_TABLE_IO_SECTORS), all submitted together and waited for once.
- * Returns the number of sectors written or a negative errno, in which case
- * the sectors are dirty again.  @redirtied (if not NULL) counts the sectors
- * changed since the copy (dirty again already).
+ * @flags (REQ_PREFLUSH, REQ_FUA) go on every request.  Returns the number
+ * of sectors written or a negative errno, in which case the sectors are
+ * dirty again.  @redirtied (if not NULL) counts the sectors changed since
+ * the copy (dirty again already).
  */
 static int qcow2_table_copy_write(struct qcow2_target *qt, struct qcow2_table_copy *tc,
 				  u64 entries, u64 offset, unsigned long *dirty,
-				  unsigned int *redirtied)
+				  blk_opf_t flags, unsigned int *redirtied)
 {
 	struct qcow2_batch_io b = { .status = BLK_STS_OK };
 	u64 nr = qcow2_table_sectors(entries);
@@ -299,7 +307,7 @@ static int qcow2_table_copy_write(struct qcow2_target *qt, struct qcow2_table_co
 			n = min(end - first, QCOW2_TABLE_IO_SECTORS);
 			qcow2_table_submit(qt, offset + (u64)first * SECTOR_SIZE,
 					   tc->buf + (size_t)i * (SECTOR_SIZE / sizeof(u64)),
-					   n * SECTOR_SIZE, &b);
+					   n * SECTOR_SIZE, flags, &b);
 		}
 	}
 	blk_finish_plug(&plug);
@@ -337,7 +345,7 @@ static int qcow2_table_writeback(struct qcow2_target *qt, const u64 *table,
 		r = qcow2_table_copy_take(table, entries, dirty, PAGE_SIZE / SECTOR_SIZE,
 					  GFP_NOIO, &tc);
 		if (!r)
-			r = qcow2_table_copy_write(qt, &tc, entries, offset, dirty, NULL);
+			r = qcow2_table_copy_write(qt, &tc, entries, offset, dirty, 0, NULL);
 		if (r > 0)
 			*wrote = true;
 	} while (r > 0);
@@ -1202,23 +1210,40 @@ cancel_rc:
  * The L1 sectors go with the L2 slices: every L2 table they point to was
  * written (zeroed or copied) before it entered the L1 table.  What is not
  * written is dirty again.
+ *
+ * A step 3 of at most QCOW2_COMMIT_FUA_WRITES slices and sectors (a flush
+ * after a few allocations: fsync after each write) goes out with REQ_FUA,
+ * and, when no flush has followed step 1, REQ_PREFLUSH instead of that
+ * flush: one round trip instead of three (flush, writes, flush), and on a
+ * device with FUA one flush per commit instead of two.  Larger ones go as
+ * plain writes between two flushes, which merge adjacent slices (requests
+ * with FUA or a flush do not merge).
  */
 static int qcow2_commit_copies(struct qcow2_target *qt, struct qcow2_commit_set *cs)
 {
 	struct qcow2_layer *top = qcow2_top(qt);
 	struct block_device *bdev = top->dev->bdev;
+	unsigned int step3 = cs->map.nr + cs->l1.nr;
+	bool fua = step3 && step3 <= QCOW2_COMMIT_FUA_WRITES;
+	blk_opf_t flags = 0;
 	unsigned int redirtied;
 	int r, n;
 
-	r = qcow2_cache_wb_write(qt->cache, &cs->rc);
-	/* Also makes the data of every write completed before the copy durable. */
-	if (r >= 0)
-		r = blkdev_issue_flush(bdev);
-	if (r)
+	r = qcow2_cache_wb_write(qt->cache, &cs->rc, 0);
+	if (r < 0)
 		goto out;
+	/* Also makes the data of every write completed before the copy durable. */
+	if (cs->rt.nr || !fua) {
+		r = blkdev_issue_flush(bdev);
+		if (r)
+			goto out;
+	} else {
+		r = 0;
+		flags = REQ_PREFLUSH;
+	}
 	n = qcow2_table_copy_write(qt, &cs->rt, qt->reftable_entries,
 				   top->qi.refcount_table_offset, qt->reftable_dirty,
-				   &redirtied);
+				   0, &redirtied);
 	if (n < 0) {
 		r = n;
 		goto out;
@@ -1228,17 +1253,26 @@ static int qcow2_commit_copies(struct qcow2_target *qt, struct qcow2_commit_set 
 		r = blkdev_issue_flush(bdev);
 	if (r)
 		goto out;
-	r = qcow2_cache_wb_write(qt->cache, &cs->map);
+	if (fua) {
+		flags |= REQ_FUA;
+		qcow2_count(qt, QCOW2_STAT_COMMIT_FUA);
+	}
+	r = qcow2_cache_wb_write(qt->cache, &cs->map, flags);
 	if (r < 0)
 		goto out;
+	/* Durable, and their flush covered what came before them. */
+	if (r)
+		flags &= ~REQ_PREFLUSH;
 	n = qcow2_table_copy_write(qt, &cs->l1, top->l1_size,
-				   top->qi.l1_table_offset, qt->l1_dirty, &redirtied);
+				   top->qi.l1_table_offset, qt->l1_dirty, flags, &redirtied);
 	if (n < 0) {
 		r = n;
 		goto out;
 	}
 	qcow2_count_add(qt, QCOW2_STAT_COMMIT_REDIRTIED, redirtied);
-	if (r + n > 0)
+	if (fua)
+		r = 0;
+	else if (r + n > 0)
 		r = blkdev_issue_flush(bdev);
 out:
 	/* Whatever was not written (none if all went well). */

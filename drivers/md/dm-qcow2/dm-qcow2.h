@@ -85,6 +85,7 @@ enum qcow2_stat {
 	QCOW2_STAT_COMMIT_USECS,
 	QCOW2_STAT_COMMIT_BLOCKED_USECS,
 	QCOW2_STAT_COMMIT_LOCKED,
+	QCOW2_STAT_COMMIT_FUA,
 	QCOW2_STAT_COMMIT_COPIES,
 	QCOW2_STAT_COMMIT_REDIRTIED,
 	QCOW2_STAT_CACHE_SHRUNK,
@@ -284,7 +285,8 @@ struct qcow2_wb_set {
 
 int qcow2_cache_wb_take(struct qcow2_cache *cache, unsigned int group,
 			bool copy, struct qcow2_wb_set *set);
-int qcow2_cache_wb_write(struct qcow2_cache *cache, struct qcow2_wb_set *set);
+int qcow2_cache_wb_write(struct qcow2_cache *cache, struct qcow2_wb_set *set,
+			 blk_opf_t flags);
 void qcow2_cache_wb_cancel(struct qcow2_cache *cache, struct qcow2_wb_set *set);
 void qcow2_cache_invalidate_all(struct qcow2_cache *cache);
 void qcow2_cache_get_stats(struct qcow2_cache *cache,
